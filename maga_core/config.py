@@ -1,0 +1,62 @@
+"""Typed run configurations saved beside every result (JSON), and atomic file writing."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return obj.item()
+    return obj
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto `path` only if the block finishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write `obj` (dataclasses allowed) as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    return Path(path)
+
+
+def save_config(cfg: Any, out_dir: str | Path, name: str = "config.json") -> Path:
+    """Save a run's dataclass config beside its outputs, tagged with its class name."""
+    payload = {"kind": type(cfg).__name__, **to_jsonable(cfg)}
+    return write_json(payload, Path(out_dir) / name)
+
+
+def load_config(cls: type[T], path: str | Path) -> T:
+    data = json.loads(Path(path).read_text())
+    data.pop("kind", None)
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})

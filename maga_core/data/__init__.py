@@ -1,0 +1,1 @@
+"""Data manifests, the local cache, tile collections and feature files."""

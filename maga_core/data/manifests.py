@@ -1,0 +1,197 @@
+"""Data manifests: every real file the project uses, with its sha256, size, license and public address.
+
+Files are reached only through `fetch`. With `MAGA_DATA_DIR` set (CI and this machine: ../shared/data),
+the local mirror is used in place after its sha256 is checked; otherwise pooch downloads the public file
+into the cache, checks the hash, and only then moves it into place, so a mismatch leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from maga_core.errors import MagaError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def manifest_dir() -> Path:
+    return Path(os.environ.get("MAGA_MANIFEST_DIR", REPO_ROOT / "data_manifests"))
+
+
+def data_dir() -> Path | None:
+    """The local mirror of the public data files (env MAGA_DATA_DIR), if configured."""
+    value = os.environ.get("MAGA_DATA_DIR")
+    return Path(value) if value else None
+
+
+def cache_dir() -> Path:
+    import pooch
+
+    return Path(os.environ.get("MAGA_CACHE_DIR") or pooch.os_cache("maga"))
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    sha256: str
+    size: int
+    url: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    title: str
+    license: str
+    origin: str
+    kind: str
+    mirror: str  # "data" (MAGA_DATA_DIR/<name>/) or "reference" (MAGA_REFERENCE_DIR/<subdir>/)
+    files: tuple[FileEntry, ...]
+    info: dict[str, Any] = field(default_factory=dict)  # mpp, classes, notes, archive, ...
+
+    def entry(self, relpath: str) -> FileEntry:
+        for f in self.files:
+            if f.path == relpath:
+                return f
+        raise MagaError(f"not listed in manifest {self.name!r}", relpath)
+
+    @property
+    def mirror_root(self) -> Path | None:
+        if self.mirror == "reference":
+            ref = os.environ.get("MAGA_REFERENCE_DIR")
+            return Path(ref) / self.info.get("subdir", "") if ref else None
+        root = data_dir()
+        return root / self.name if root else None
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in manifest_dir().glob("*.yaml"))
+
+
+@lru_cache(maxsize=None)
+def load(name: str) -> Manifest:
+    path = manifest_dir() / f"{name}.yaml"
+    if not path.exists():
+        raise MagaError(f"no such data manifest (known: {', '.join(names())})", path)
+    raw = yaml.safe_load(path.read_text())
+    files = tuple(
+        FileEntry(
+            path=f["path"], sha256=f["sha256"], size=int(f["size"]), url=f.get("url"),
+            meta={k: v for k, v in f.items() if k not in {"path", "sha256", "size", "url"}},
+        )
+        for f in raw.pop("files")
+    )
+    core = {k: raw.pop(k) for k in ("name", "title", "license", "origin", "kind")}
+    return Manifest(**core, mirror=raw.pop("mirror", "data"), files=files, info=raw)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+_verified: dict[tuple[str, int, int], str] = {}
+
+
+def _verify(path: Path, entry: FileEntry) -> Path:
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    digest = _verified.get(key) or sha256_of(path)
+    if digest != entry.sha256:
+        raise MagaError(f"sha256 mismatch: expected {entry.sha256[:12]}..., got {digest[:12]}... "
+                        "(the file is corrupt or not the published version)", path)
+    _verified[key] = digest
+    return path
+
+
+def fetch(dataset: str, relpath: str) -> Path:
+    """Return a verified local path to one file of a dataset (mirror first, then pooch download)."""
+    manifest = load(dataset)
+    entry = manifest.entry(relpath)
+    root = manifest.mirror_root
+    if root is not None and (root / relpath).exists():
+        return _verify(root / relpath, entry)
+    cached = cache_dir() / dataset / relpath
+    if cached.exists():
+        return _verify(cached, entry)
+    if entry.url is None and not manifest.info.get("archive"):
+        where = root or "MAGA_DATA_DIR"
+        raise MagaError(f"not found and it has no public address; place it under {where}",
+                        f"{dataset}/{relpath}")
+    return _download(manifest, entry, cached)
+
+
+def _download(manifest: Manifest, entry: FileEntry, target: Path) -> Path:
+    import pooch
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if entry.url:
+            pooch.retrieve(entry.url, known_hash=f"sha256:{entry.sha256}", fname=target.name,
+                           path=target.parent, progressbar=True)
+            return target
+        # A member of a published archive (zip): unpack it, then verify the member itself.
+        archive = manifest.info["archive"]
+        members = pooch.retrieve(archive["url"], known_hash=archive.get("sha256"),
+                                 path=cache_dir() / "_archives", processor=pooch.Unzip())
+        member = next((Path(m) for m in members if m.replace(os.sep, "/").endswith(entry.path)), None)
+        if member is None:
+            raise MagaError(f"archive {archive['url']} holds no member {entry.path}", manifest.name)
+        _verify(member, entry)
+        os.replace(member, target)
+        return target
+    except MagaError:
+        raise
+    except Exception as exc:  # network or hash errors from pooch, reported in one line
+        raise MagaError(f"download failed ({type(exc).__name__}: {exc}); set MAGA_DATA_DIR to a "
+                        "local copy of the data", f"{manifest.name}/{entry.path}") from None
+
+
+def dataset_dir(dataset: str) -> Path:
+    """Fetch and verify every file of a dataset; return the folder that holds them."""
+    manifest = load(dataset)
+    paths = [fetch(dataset, f.path) for f in manifest.files]
+    if not paths:
+        raise MagaError("manifest lists no files", dataset)
+    first = manifest.files[0].path
+    return Path(str(paths[0])[: -len(first)].rstrip("/"))
+
+
+def reference_path(relpath: str) -> Path:
+    """A file of the upstream reference material (env MAGA_REFERENCE_DIR, ../shared/reference here)."""
+    ref = os.environ.get("MAGA_REFERENCE_DIR")
+    if not ref:
+        raise MagaError("MAGA_REFERENCE_DIR is not set (point it at the reference folder, "
+                        "../shared/reference in this project)", relpath)
+    path = Path(ref) / relpath
+    if not path.exists():
+        raise MagaError("not found under MAGA_REFERENCE_DIR", path)
+    return path
+
+
+def verify_all() -> dict[str, list[str]]:
+    """Check every manifest against what is reachable; returns {dataset: [problems]} (doctor uses it)."""
+    problems: dict[str, list[str]] = {}
+    for name in names():
+        manifest = load(name)
+        for f in manifest.files:
+            root = manifest.mirror_root
+            local = root / f.path if root is not None else cache_dir() / name / f.path
+            try:
+                if not local.exists():
+                    raise MagaError("missing", local)
+                _verify(local, f)
+            except MagaError as exc:
+                problems.setdefault(name, []).append(str(exc))
+    return problems
