@@ -1,0 +1,1 @@
+"""Telepathology: an upload-and-diagnose HTTP service, its client, and the timing study."""

@@ -1,0 +1,97 @@
+"""The hospital side: write the slide at the chosen magnification, upload it through a bandwidth cap,
+and report transfer, server and total times."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+from maga_core.errors import MagaError
+
+CHUNK = 64 * 1024
+
+
+class TokenBucket:
+    """Byte-rate limiter: a chunk may pass once the bucket holds that many tokens (bytes).
+
+    The capacity exceeds one chunk so that credit earned while a sleep overran is kept, not lost:
+    the long-run rate then stays at `rate` however coarse the scheduler is."""
+
+    def __init__(self, rate_bytes_per_s: float, capacity: int = 4 * CHUNK):
+        self.rate, self.capacity = rate_bytes_per_s, capacity
+        self.tokens, self.stamp = 0.0, time.perf_counter()  # start empty: no initial burst
+
+    def take(self, n: int) -> None:
+        while True:
+            now = time.perf_counter()
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens >= n:
+                self.tokens -= n
+                return
+            time.sleep((n - self.tokens) / self.rate)
+
+
+@dataclass
+class SendReport:
+    slide: str
+    magnification: float
+    bytes: int
+    pixels: int
+    write_s: float
+    transfer_s: float
+    total_s: float
+    server: dict = field(default_factory=dict)
+
+
+def _stream(path: Path, bucket: TokenBucket | None, done: list[float]) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            if bucket is not None:
+                bucket.take(len(chunk))
+            yield chunk
+    done.append(time.perf_counter())
+
+
+def upload(path: str | Path, server: str, token: str, magnification: float,
+           bandwidth_mbps: float | None = None, timeout_s: float = 600.0) -> tuple[dict, float]:
+    """POST a file to /v1/diagnose; returns (server JSON, seconds until the last byte left)."""
+    path = Path(path)
+    bucket = TokenBucket(bandwidth_mbps * 1e6 / 8) if bandwidth_mbps else None
+    done: list[float] = []
+    headers = {"Authorization": f"Bearer {token}", "X-Filename": path.name,
+               "Content-Length": str(path.stat().st_size), "Content-Type": "application/octet-stream"}
+    t0 = time.perf_counter()
+    with httpx.Client(timeout=timeout_s) as client:
+        resp = client.post(f"{server.rstrip('/')}/v1/diagnose", params={"magnification": magnification},
+                           content=_stream(path, bucket, done), headers=headers)
+    transfer_s = (done[0] if done else time.perf_counter()) - t0
+    if resp.status_code != 200:
+        detail = resp.json().get("detail", resp.text) if resp.headers.get("content-type", "").startswith(
+            "application/json") else resp.text
+        raise MagaError(f"server answered {resp.status_code}: {detail}", path)
+    return resp.json(), transfer_s
+
+
+def send(slide: str | Path, server: str, token: str, magnification: float,
+         bandwidth_mbps: float | None = None, mpp: float | None = None) -> SendReport:
+    """Write `slide` at `magnification` (its own pyramidal TIFF), upload it, and time each step."""
+    from maga_core.slides import open_slide, write_at_magnification
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="maga-send-") as tmp:
+        reader = open_slide(slide, mpp=mpp)
+        try:
+            written = write_at_magnification(reader, magnification, Path(tmp) / f"{Path(slide).stem}_{magnification:g}x.tif")
+        finally:
+            reader.close()
+        write_s = time.perf_counter() - t0
+        result, transfer_s = upload(written["path"], server, token, magnification, bandwidth_mbps)
+    return SendReport(slide=str(slide), magnification=magnification, bytes=int(written["bytes"]),
+                      pixels=int(written["pixels"]), write_s=write_s, transfer_s=transfer_s,
+                      total_s=time.perf_counter() - t0, server=result)

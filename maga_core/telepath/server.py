@@ -1,0 +1,139 @@
+"""The cloud side of telepathology: an HTTP service that receives a slide and returns a diagnosis.
+
+Uploads are streamed to a private folder under a random name (the client's file name is never a path),
+refused with 413 as soon as they pass the size limit (from Content-Length before anything is stored, or
+while streaming), and removed once analysed. Analyses run in worker threads, one at a time per model
+(`max_concurrent`), so a slow or failing slide never blocks the event loop or other requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import shutil
+import tempfile
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from maga_core.errors import MagaError
+
+ALLOWED_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".png", ".jpg", ".jpeg"}
+
+
+class Analyzer(Protocol):
+    def analyze(self, path: Path, magnification: float) -> dict: ...
+
+
+@dataclass
+class ServeConfig:
+    token: str = ""  # generated when empty
+    max_upload_bytes: int = 2 * 1024**3
+    upload_dir: str = ""  # a private temporary folder when empty
+    max_concurrent: int = 1
+    keep_results: int = 64  # heatmaps kept in memory for GET /v1/results/<id>/heatmap.png
+
+
+def _suffix(name: str | None) -> str:
+    suffix = Path(name or "").suffix.lower()
+    return suffix if suffix in ALLOWED_SUFFIXES else ".bin"
+
+
+def create_app(analyzer: Analyzer, config: ServeConfig) -> FastAPI:
+    config.token = config.token or secrets.token_urlsafe(24)
+    upload_dir = Path(config.upload_dir or tempfile.mkdtemp(prefix="maga-uploads-"))
+    upload_dir.mkdir(parents=True, exist_ok=True)
+    gate = asyncio.Semaphore(config.max_concurrent)
+    heatmaps: OrderedDict[str, bytes] = OrderedDict()
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        if not config.upload_dir:  # the private folder we made
+            shutil.rmtree(upload_dir, ignore_errors=True)
+
+    app = FastAPI(title="MAGA telepathology", version="1", lifespan=lifespan)
+    app.state.config, app.state.upload_dir = config, upload_dir
+
+    def check_token(request: Request) -> None:
+        given = request.headers.get("authorization", "")
+        if not secrets.compare_digest(given.encode(), f"Bearer {config.token}".encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.post("/v1/diagnose")
+    async def diagnose(request: Request, magnification: float = 5.0) -> JSONResponse:
+        check_token(request)
+        declared = request.headers.get("content-length")
+        if declared is not None and int(declared) > config.max_upload_bytes:
+            raise HTTPException(413, f"upload of {int(declared)} bytes exceeds the limit of {config.max_upload_bytes}")
+        job = uuid.uuid4().hex
+        path = upload_dir / f"{job}{_suffix(request.headers.get('x-filename'))}"
+        t0 = time.perf_counter()
+        size = 0
+        try:
+            with open(path, "wb") as fh:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > config.max_upload_bytes:
+                        raise HTTPException(413, f"upload exceeds the limit of {config.max_upload_bytes} bytes")
+                    fh.write(chunk)
+            if size == 0:
+                raise HTTPException(422, "empty upload")
+            receive_s = time.perf_counter() - t0
+            async with gate:
+                result = await run_in_threadpool(analyzer.analyze, path, magnification)
+        except MagaError as exc:
+            raise HTTPException(422, str(exc).replace(str(path), "upload")) from None
+        finally:
+            path.unlink(missing_ok=True)
+        heatmap = result.pop("heatmap_png", None)
+        if heatmap is not None:
+            heatmaps[job] = heatmap
+            while len(heatmaps) > config.keep_results:
+                heatmaps.popitem(last=False)
+        result["timings"] = {"receive_s": receive_s, **result.get("timings", {})}
+        return JSONResponse({"id": job, "bytes": size, **result,
+                             "heatmap_url": f"/v1/results/{job}/heatmap.png" if heatmap else None})
+
+    @app.get("/v1/results/{job}/heatmap.png")
+    async def heatmap(job: str, request: Request) -> Response:
+        check_token(request)
+        if job not in heatmaps:
+            raise HTTPException(404, "no such result")
+        return Response(heatmaps[job], media_type="image/png")
+
+    return app
+
+
+class ServerThread:
+    """Run an app with uvicorn on a loopback port in a background thread (tests and the timing study)."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0):
+        import threading
+
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.02)
+        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
