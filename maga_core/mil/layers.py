@@ -1,0 +1,124 @@
+"""Building blocks shared by the aggregators: a pre-norm Nystrom attention block, square-grid padding,
+the gated attention of CLAM/ABMIL and integrated-gradients instance scores."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from nystrom_attention import NystromAttention
+from torch import nn
+
+
+class NystromBlock(nn.Module):
+    """x + NystromAttention(LayerNorm(x)): the transformer layer of TransMIL and GLTrans.
+
+    Settings are those of both upstream models: dim_head = dim/8 with 8 heads, dim/2 landmarks,
+    6 Moore-Penrose iterations, the depthwise residual convolution over values (kernel 33) and
+    dropout 0.1 after the output projection.
+    """
+
+    def __init__(self, dim: int = 512, dropout: float = 0.1):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = NystromAttention(
+            dim=dim,
+            dim_head=dim // 8,
+            heads=8,
+            num_landmarks=dim // 2,
+            pinv_iterations=6,
+            residual=True,
+            dropout=dropout,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.attn(self.norm(x))
+
+    def first_token_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Head-averaged Nystrom attention of the first token (the class token) over all tokens, `[L]`.
+
+        Only the one row is formed from the three Nystrom factors (never the L x L matrix), so memory
+        stays linear in the bag size. NystromAttention pads the sequence at the front to a multiple of
+        its landmarks; those rows are skipped.
+        """
+        n = x.shape[1]
+        _, (a1, a2_inv, a3) = self.attn(self.norm(x), return_attn_matrices=True)
+        front = a1.shape[2] - n
+        row = a1[:, :, front:front + 1] @ a2_inv @ a3  # [1, heads, 1, padded L]
+        return row[0, :, 0, front:].mean(dim=0)
+
+
+def square_side(n: int) -> int:
+    """Side of the smallest square grid holding n instances."""
+    return math.isqrt(n - 1) + 1 if n > 0 else 0
+
+
+def square_index(n: int, random: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Row indices `[side^2]` that pad a bag of n instances to a square grid by duplicating instances:
+    0..n-1, then the duplicates.
+
+    Deterministic by default (repeat the first instances, as TransMIL does), so that a model's output
+    for a bag does not depend on a random draw; `random=True` draws the duplicates like upstream
+    GLTrans. Duplicating (never zero-filling) keeps padding in the feature distribution.
+    """
+    extra = square_side(n) ** 2 - n
+    if random:
+        dup = torch.randint(0, n, (extra,), generator=generator)
+    else:
+        dup = torch.arange(extra) % n
+    return torch.cat([torch.arange(n), dup])
+
+
+def to_grid(tokens: torch.Tensor) -> torch.Tensor:
+    """`[B, side*side, C]` tokens in row-major order -> `[B, C, side, side]` image."""
+    b, n, c = tokens.shape
+    side = math.isqrt(n)
+    return tokens.transpose(1, 2).reshape(b, c, side, side)
+
+
+def from_grid(grid: torch.Tensor) -> torch.Tensor:
+    """Inverse of `to_grid`."""
+    return grid.flatten(2).transpose(1, 2)
+
+
+class GatedAttention(nn.Module):
+    """Gated attention of Ilse et al. (2018): c(tanh(a(h)) * sigmoid(b(h))) gives K raw scores per instance."""
+
+    def __init__(self, dim: int = 512, hidden: int = 256, n_branches: int = 1, dropout: float = 0.25):
+        super().__init__()
+        self.a = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Dropout(dropout))
+        self.b = nn.Sequential(nn.Linear(dim, hidden), nn.Sigmoid(), nn.Dropout(dropout))
+        self.c = nn.Linear(hidden, n_branches)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """`[N, dim]` -> pre-softmax attention `[K, N]`."""
+        return self.c(self.a(h) * self.b(h)).transpose(0, 1)
+
+
+def integrated_gradients(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor, target: int | None = None,
+    steps: int = 16,
+) -> torch.Tensor:
+    """Per-instance integrated gradients (Sundararajan et al., 2017) of the class margin.
+
+    The margin is the target logit minus the mean logit (target: the predicted class unless given),
+    so a shift shared by all classes carries no relevance. The path runs from a bag of identical
+    average instances (every instance replaced by the bag mean: "nothing stands out") to the bag, in
+    `steps` midpoint steps; an instance's score is its summed attribution over feature dimensions.
+    Integrating, rather than taking one gradient, keeps instances whose effect saturates (a second
+    tumour instance when one already convinces the model) from scoring near zero or negative.
+    """
+    x = features.detach()
+    baseline = x.mean(dim=0, keepdim=True).expand_as(x)
+    with torch.no_grad():
+        logits = logits_fn(x)
+    cls = int(logits.argmax(dim=1)[0]) if target is None else int(target)
+    total = torch.zeros_like(x)
+    with torch.enable_grad():
+        for alpha in (torch.arange(steps, dtype=x.dtype) + 0.5) / steps:
+            point = (baseline + alpha * (x - baseline)).requires_grad_(True)
+            out = logits_fn(point)
+            (grad,) = torch.autograd.grad(out[0, cls] - out[0].mean(), point)
+            total += grad
+    return ((x - baseline) * total / steps).sum(dim=-1)
