@@ -15,10 +15,10 @@ from maga_core.encoders import build
 from maga_core.telepath.client import TokenBucket, send, upload
 from maga_core.telepath.pipeline import ServiceModel, SlideAnalyzer, save_service_model
 from maga_core.telepath.server import ServeConfig, ServerThread, create_app
+from maga_core.telepath.study import FROZEN_ASSUMED_MPP as FROZEN_MPP  # the copy carries no MPP
 
 TOKEN = "test-token"
 LIMIT = 20 * 1024**2
-FROZEN_MPP = 2.0  # the frozen-section copy carries no MPP; about 5x by its size (see the chapter)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_5x_upload_of_the_real_frozen_section(server, frozen):
     result = report.server
     assert result["prediction"] in {"benign", "carcinoma"}
     assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
-    assert result["magnification"] == 5 and result["patch_px"] == 64 and result["n_patches"] > 50
+    assert result["magnification"] == 5 and result["patch_px"] == 64 and result["n_patches"] > 20
     assert {"receive_s", "tiling_s", "encoding_s", "aggregation_s"} <= set(result["timings"])
     png = httpx.get(url + result["heatmap_url"], headers={"Authorization": f"Bearer {TOKEN}"})
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
