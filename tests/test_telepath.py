@@ -12,6 +12,7 @@ import torch
 
 from maga_core import mil
 from maga_core.encoders import build
+from maga_core.mil.train import TrainConfig, save_checkpoint
 from maga_core.telepath.client import TokenBucket, send, upload
 from maga_core.telepath.pipeline import ServiceModel, SlideAnalyzer, save_service_model
 from maga_core.telepath.server import ServeConfig, ServerThread, create_app
@@ -26,11 +27,12 @@ def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("service")
     dim = build("efficientnet_lite0").dim
     torch.manual_seed(0)
-    spec = ServiceModel(encoder="efficientnet_lite0", aggregator="abmil", classes=["benign", "carcinoma"],
-                        in_dim=dim, trained_on="untrained (mechanics test)")
-    save_service_model(folder, spec, mil.build("abmil", dim, 2))
+    spec = ServiceModel(encoder="efficientnet_lite0", classes=["benign", "carcinoma"],
+                        trained_on="untrained (mechanics test)")
+    ckpt = save_checkpoint(mil.build("abmil", dim, 2), TrainConfig.for_model("abmil"), dim, 2, folder / "agg.pt")
+    save_service_model(folder / "service", spec, ckpt)
     uploads = tmp_path_factory.mktemp("uploads")
-    app = create_app(SlideAnalyzer.load(folder), ServeConfig(token=TOKEN, max_upload_bytes=LIMIT,
+    app = create_app(SlideAnalyzer.load(folder / "service"), ServeConfig(token=TOKEN, max_upload_bytes=LIMIT,
                                                              upload_dir=str(uploads), max_concurrent=2))
     with ServerThread(app) as url:
         yield url, uploads

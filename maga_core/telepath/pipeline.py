@@ -27,27 +27,25 @@ from maga_core.errors import MagaError
 @dataclass
 class ServiceModel:
     encoder: str
-    aggregator: str
     classes: list[str]
-    in_dim: int
+    aggregator: str = "aggregator.pt"  # a maga_core.mil.train checkpoint file in the folder
     students: dict[str, str] = field(default_factory=dict)  # "5" -> checkpoint file name in the folder
-    aggregator_weights: str = "aggregator.pt"
     trained_on: str = ""  # what the aggregator learnt from, shown to users
 
 
-def save_service_model(folder: str | Path, model: ServiceModel, aggregator: torch.nn.Module,
+def save_service_model(folder: str | Path, model: ServiceModel, aggregator_ckpt: str | Path,
                        students: dict[float, str | Path] | None = None) -> Path:
-    """Bundle an aggregator (and MAGA students) into a folder `maga serve --model` loads."""
+    """Bundle an aggregator checkpoint (and MAGA students) into a folder `maga serve --model` loads."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    files = {model.aggregator: aggregator_ckpt}
     for mag, ckpt in (students or {}).items():
-        name = f"student_{mag:g}x.pt"
+        model.students[f"{mag:g}"] = f"student_{mag:g}x.pt"
+        files[model.students[f"{mag:g}"]] = ckpt
+    for name, src in files.items():
         with atomic_path(folder / name) as tmp:
-            shutil.copyfile(ckpt, tmp)
-        model.students[f"{mag:g}"] = name
-    with atomic_path(folder / model.aggregator_weights) as tmp:
-        torch.save(aggregator.state_dict(), tmp)
-    write_json(asdict(model), folder / "service.json")
+            shutil.copyfile(src, tmp)
+    write_json(asdict(model), folder / "service.json")  # last: a folder with service.json is whole
     return folder
 
 
@@ -55,13 +53,10 @@ class SlideAnalyzer:
     """Loads the networks once; `analyze` is safe to call from several threads (one forward at a time)."""
 
     def __init__(self, spec: ServiceModel, folder: Path, num_workers: int = 0):
-        from maga_core import mil
+        from maga_core.mil.train import load_checkpoint
 
         self.spec, self.folder, self.num_workers = spec, folder, num_workers
-        self.aggregator = mil.build(spec.aggregator, spec.in_dim, len(spec.classes))
-        state = torch.load(folder / spec.aggregator_weights, map_location="cpu", weights_only=True)
-        self.aggregator.load_state_dict(state)
-        self.aggregator.eval()
+        self.aggregator, _ = load_checkpoint(folder / spec.aggregator)
         self._models: dict[float, object] = {}
         self._lock = threading.Lock()
 
@@ -97,11 +92,11 @@ class SlideAnalyzer:
             feats = embed(SlidePatches(path, coords, model.mag, model.patch_px), model,
                           num_workers=self.num_workers, progress=False)
             t2 = time.perf_counter()
-            with torch.inference_mode():
-                out = self.aggregator(torch.from_numpy(feats))
-                probs = torch.softmax(out.logits.float(), dim=1)[0].numpy()
-                scores = out.scores.detach().float().numpy()
-        t3 = time.perf_counter()
+            with torch.no_grad():
+                probs = torch.softmax(self.aggregator(torch.from_numpy(feats)).logits.float(), dim=1)[0].numpy()
+            t3 = time.perf_counter()
+            # Per-instance scores may need gradients (integrated gradients): a second, separate pass.
+            scores = self.aggregator(torch.from_numpy(feats)).scores.detach().float().numpy()
         png = heatmap_png(mask.thumbnail, dims, coords, scores, side)
         t4 = time.perf_counter()
         k = int(np.argmax(probs))
@@ -110,7 +105,7 @@ class SlideAnalyzer:
             "probabilities": {c: float(p) for c, p in zip(self.spec.classes, probs)},
             "magnification": float(model.mag), "patch_px": int(model.patch_px), "n_patches": int(len(coords)),
             "slide_dimensions": [int(d) for d in dims], "encoder": model.encoder,
-            "maga_student": bool(model.student_sha256), "aggregator": self.spec.aggregator,
+            "maga_student": bool(model.student_sha256), "aggregator": type(self.aggregator).__name__,
             "timings": {"tiling_s": t1 - t0, "encoding_s": t2 - t1, "aggregation_s": t3 - t2,
                         "heatmap_s": t4 - t3, "analysis_s": t4 - t0},
             "heatmap_png": png,

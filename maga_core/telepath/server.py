@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import shutil
 import tempfile
@@ -26,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from maga_core.errors import MagaError
 
+log = logging.getLogger("maga.telepath")
 ALLOWED_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".png", ".jpg", ".jpeg"}
 
 
@@ -95,6 +97,11 @@ def create_app(analyzer: Analyzer, config: ServeConfig) -> FastAPI:
                 result = await run_in_threadpool(analyzer.analyze, path, magnification)
         except MagaError as exc:
             raise HTTPException(422, str(exc).replace(str(path), "upload")) from None
+        except (HTTPException, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # a bug or a slide that breaks a library: logged, other requests go on
+            log.exception("analysis of upload %s failed", job)
+            raise HTTPException(500, f"analysis failed: {type(exc).__name__}: {exc}") from None
         finally:
             path.unlink(missing_ok=True)
         heatmap = result.pop("heatmap_png", None)
