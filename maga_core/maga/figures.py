@@ -1,0 +1,145 @@
+"""Plotly figures and tables of the MAGA chapters (training curves, probe AUCs, similarities, t-SNE,
+slide heatmaps). Built from the saved results and arrays, so a chapter only calls and shows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from maga_core import viz
+
+MODE_COLORS = {"native": viz.SETTING_COLORS["5x+MAGA"], "upsample": "#CC79A7"}
+KIND_COLORS = {"teacher_20x": viz.SETTING_COLORS["20x"], "teacher_5x": viz.SETTING_COLORS["5x"],
+               "teacher_5x_upsampled": "#E69F00", "maga_5x_native": MODE_COLORS["native"],
+               "maga_5x_upsample": MODE_COLORS["upsample"]}
+KIND_LABELS = {"teacher_20x": "20x teacher", "teacher_5x": "5x teacher (64 px)",
+               "teacher_5x_upsampled": "5x teacher (upsampled)", "maga_5x_native": "5x+MAGA native",
+               "maga_5x_upsample": "5x+MAGA upsample"}
+
+
+def _label(kind: str) -> str:
+    return KIND_LABELS.get(kind, kind)
+
+
+def loss_curves(histories: dict[str, list[dict]], title: str = "MAGA training loss per epoch") -> go.Figure:
+    """One panel per logged term (total, then the unweighted L1 of each tap), one line per mode."""
+    terms = ["loss"] + sorted({k for h in histories.values() for k in h[0] if k.startswith("l1/")})
+    fig = make_subplots(rows=1, cols=len(terms), subplot_titles=[
+        "total (weighted)" if t == "loss" else t[3:] + " L1" for t in terms])
+    for mode, hist in histories.items():
+        epochs = [h["epoch"] for h in hist]
+        for c, term in enumerate(terms, 1):
+            fig.add_trace(go.Scatter(x=epochs, y=[h[term] for h in hist], mode="lines+markers", name=mode,
+                                     legendgroup=mode, showlegend=c == 1,
+                                     line=dict(color=MODE_COLORS.get(mode))), row=1, col=c)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(title=title, height=360, margin=dict(t=80))
+    return fig
+
+
+def timing_table(histories: dict[str, list[dict]]) -> pd.DataFrame:
+    return pd.DataFrame({mode: {"epochs": len(h), "seconds per epoch": np.mean([r["seconds"] for r in h]),
+                                "first loss": h[0]["loss"], "last loss": h[-1]["loss"]}
+                         for mode, h in histories.items()}).T
+
+
+def auc_table(results: dict) -> pd.DataFrame:
+    """Probe AUC [95% CI] per feature kind (rows) and task (columns)."""
+    cols = {}
+    for task, t in results["tasks"].items():
+        cols[f"{task} (n test={t['n_test']})"] = {
+            _label(k): f"{v['auc']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" for k, v in t["probe"].items()}
+    return pd.DataFrame(cols)
+
+
+def delong_table(results: dict) -> pd.DataFrame:
+    rows = [{"task": task, "comparison": f"{_label(d['a'])} vs {_label(d['b'])}", "AUC a": d["auc_a"],
+             "AUC b": d["auc_b"], "difference": d["diff"], "DeLong p": d["p_value"]}
+            for task, t in results["tasks"].items() for d in t["delong"]]
+    return pd.DataFrame(rows).round(4)
+
+
+def cosine_table(results: dict) -> pd.DataFrame:
+    rows = {}
+    for task, t in results["tasks"].items():
+        for key, name in (("cosine_to_20x", "raw"), ("cosine_centered_to_20x", "centred")):
+            rows[f"{task} {name}"] = {_label(k): f"{v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+                                      for k, v in t[key].items()}
+    return pd.DataFrame(rows)
+
+
+def auc_figure(results: dict) -> go.Figure:
+    tasks = list(results["tasks"])
+    kinds = list(next(iter(results["tasks"].values()))["probe"])
+    fig = go.Figure()
+    for kind in kinds:
+        vals = [results["tasks"][t]["probe"][kind] for t in tasks]
+        fig.add_trace(go.Bar(
+            x=tasks, y=[v["auc"] for v in vals], name=_label(kind), marker_color=KIND_COLORS.get(kind),
+            error_y=dict(type="data", symmetric=False, array=[v["ci_high"] - v["auc"] for v in vals],
+                         arrayminus=[v["auc"] - v["ci_low"] for v in vals], color="#444"),
+            text=[f"{v['auc']:.3f}" for v in vals], textposition="outside", cliponaxis=False))
+    fig.update_layout(title="Linear-probe AUC on held-out tiles (95% bootstrap CI)", barmode="group",
+                      yaxis=dict(title="AUC", range=[0.4, 1.05]), height=460)
+    return fig
+
+
+def cosine_figure(arrays: dict, task: str, centred: bool = False) -> go.Figure:
+    key = "cos_centered/" if centred else "cos/"
+    values = {_label(k.split("/", 2)[2]): arrays[k] for k in arrays if k.startswith(f"{task}/{key}")}
+    colors = {_label(k): c for k, c in KIND_COLORS.items()}
+    return viz.box_plot(values, title=f"{task}: per-tile cosine similarity to the 20x feature"
+                        + (" (centred)" if centred else ""), yaxis_title="cosine", colors=colors)
+
+
+def tsne_figure(arrays: dict, task: str, kinds: list[str], split: str = "test", seed: int = 0,
+                classes: tuple[str, str] = ("adenocarcinoma", "squamous")) -> go.Figure:
+    """t-SNE of the tiles' features of several kinds embedded jointly (each kind standardised by the
+    20x teacher's statistics): colour = class, symbol = magnification / model."""
+    from sklearn.manifold import TSNE
+
+    sel = arrays[f"{task}/split"] == split
+    ref = arrays[f"{task}/features/teacher_20x"][sel]
+    mu, sd = ref.mean(0), ref.std(0) + 1e-6
+    feats = np.concatenate([(arrays[f"{task}/features/{k}"][sel] - mu) / sd for k in kinds])
+    emb = TSNE(n_components=2, perplexity=float(min(30, max(5, len(feats) // 5))), random_state=seed,
+               init="pca").fit_transform(feats)
+    labels = np.tile(arrays[f"{task}/label"][sel], len(kinds))
+    kind_of = np.repeat(kinds, sel.sum())
+    fig = go.Figure()
+    symbols = ["circle", "x", "diamond", "square", "triangle-up"]
+    for j, kind in enumerate(kinds):
+        for c, cname in enumerate(classes):
+            m = (kind_of == kind) & (labels == c)
+            fig.add_trace(go.Scatter(x=emb[m, 0], y=emb[m, 1], mode="markers", name=f"{_label(kind)} · {cname}",
+                                     marker=dict(symbol=symbols[j % len(symbols)], size=7, opacity=0.8,
+                                                 color=viz.PALETTE[c])))
+    fig.update_layout(title=f"{task}: t-SNE of {split} tile features (colour = class, symbol = input)",
+                      height=520, xaxis=dict(showticklabels=False), yaxis=dict(showticklabels=False))
+    return fig
+
+
+def similarity_maps(sim, zrange: tuple[float, float] = (0.0, 1.0)) -> go.Figure:
+    """Side-by-side slide heatmaps of per-patch cosine(5x feature, 20x feature), one per setting."""
+    names = list(sim.cosine)
+    cols = 2 if len(names) % 2 == 0 else len(names)
+    rows = len(names) // cols
+    fig = make_subplots(rows=rows, cols=cols, horizontal_spacing=0.02, vertical_spacing=0.06, subplot_titles=[
+        f"{n}: mean {sim.cosine[n].mean():.2f}" for n in names])
+    th, tw = sim.thumbnail.shape[:2]
+    for i, name in enumerate(names):
+        r, c = i // cols + 1, i % cols + 1
+        fig.add_trace(go.Image(source=viz.image_data_uri(sim.thumbnail), hoverinfo="skip"), row=r, col=c)
+        trace = viz.heatmap_trace(sim.coords, sim.cosine[name], sim.patch_size0, sim.downsample,
+                                  value_name="cosine", colorscale="Viridis", zrange=zrange, opacity=0.7)
+        trace.update(showscale=i == 0)
+        fig.add_trace(trace, row=r, col=c)
+        fig.update_xaxes(range=[-0.5, tw - 0.5], row=r, col=c)
+        fig.update_yaxes(range=[th - 0.5, -0.5], scaleanchor=f"x{'' if i == 0 else i + 1}", row=r, col=c)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_layout(title=f"{sim.slide}: similarity of {sim.mag:g}x patch features to 20x features",
+                      height=int(rows * 420 * th / max(tw, 1) * 2 / cols) + 120)
+    return fig

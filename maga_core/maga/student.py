@@ -1,0 +1,98 @@
+"""A MAGA student's input pipeline and loading a trained student from its checkpoint.
+
+The same `InputPipeline` object turns low-magnification uint8 patches into the student's input during
+training and at inference, so the two cannot drift apart (upstream trained on 64->256 nearest-upsampled
+patches but inferred on bicubic 64 px patches)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from maga_core.encoders.base import Encoder, Normalize
+from maga_core.encoders.registry import build, file_sha256
+from maga_core.errors import MagaError
+from maga_core.maga.views import resize_patch
+
+MODES = ("native", "upsample")
+CHECKPOINT_FORMAT = "maga-student/1"
+
+
+@dataclass(frozen=True)
+class InputPipeline:
+    """uint8 patches at the student's magnification -> the student's normalized input batch.
+
+    native: the patch itself (input_px, e.g. 64 px at 5x). upsample: the patch resized back to the
+    teacher's input size (teacher_px) with `interp`, so the network runs at full cost."""
+
+    mode: str
+    input_px: int
+    teacher_px: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interp: str = "bilinear"
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+
+    @property
+    def network_px(self) -> int:
+        return self.input_px if self.mode == "native" else self.teacher_px
+
+    def __call__(self, patches) -> torch.Tensor:
+        """patches: uint8 [B,h,w,3] (array, tensor or list of HxWx3). Patches not at input_px are first
+        area-resampled to it (what the training views are)."""
+        if isinstance(patches, torch.Tensor):
+            patches = patches.numpy()
+        if isinstance(patches, np.ndarray) and patches.ndim == 4 and patches.shape[1:3] == (self.input_px,) * 2:
+            batch = patches
+        else:
+            batch = np.stack([resize_patch(np.asarray(p), self.input_px) for p in patches])
+        if batch.dtype != np.uint8:
+            raise TypeError(f"expected uint8 patches, got {batch.dtype}")
+        norm = Normalize(self.mean, self.std)
+        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)
+        if self.mode == "upsample":
+            x = F.interpolate(x, size=(self.teacher_px, self.teacher_px), mode=self.interp,
+                              align_corners=False if self.interp in ("bilinear", "bicubic") else None)
+        return norm.normalize(x)
+
+
+def load_student(ckpt: str | Path) -> Encoder:
+    """A trained student: an Encoder with `.input_mag`, `.input_px`, `.mode`, `.prepare` (the training
+    pipeline), `.sha256` (of the checkpoint file), `.teacher` (the teacher's identity) and `.config`."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise MagaError("MAGA student checkpoint not found", ckpt)
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise MagaError(f"cannot read checkpoint ({type(exc).__name__})", ckpt) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise MagaError(f"not a MAGA student checkpoint (expected format {CHECKPOINT_FORMAT})", ckpt)
+    if not state.get("finished"):
+        raise MagaError(f"training stopped after epoch {state.get('epoch')} of {state['config']['epochs']};"
+                        " resume it with `maga align` before use", ckpt)
+    cfg = state["config"]
+    student = build(cfg["teacher"], weights="random")
+    student.load_state_dict(state["student"])
+    student.eval()
+    student.prepare = InputPipeline(**state["pipeline"])
+    student.input_mag = float(cfg["mag"])
+    student.input_px = student.prepare.input_px
+    student.mode = student.prepare.mode
+    student.sha256 = file_sha256(ckpt)
+    student.teacher = state["teacher"]
+    student.config = cfg
+    student.history = state["history"]
+    student.checkpoint = ckpt
+    return student
+
+
+def pipeline_dict(p: InputPipeline) -> dict:
+    return asdict(p)
