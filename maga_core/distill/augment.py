@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 from skimage.color import hed2rgb, rgb2hed
 
-from maga_core.distill.students import resize_tile
+from maga_core.encoders.mobilenet import resize_tile
 
 
 @dataclass

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from maga_core import encoders
     from maga_core.distill.measure import count_params, flops_per_tile, measure_run
-    from maga_core.distill.students import build_any
+    from maga_core.encoders import build
 
     tpx = args.teacher_px or encoders.spec(args.teacher).input_px
     spx = args.student_px or tpx
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             runs[k].append(measure_run(name, weights, batch_size=args.batch_size, input_px=px,
                                        batches=args.batches, threads=args.threads))
     for k, (name, weights, px) in models.items():
-        enc = build_any(name, weights)
+        enc = build(name, weights)
         rs = runs[k]
         out[k] = {"encoder": name, "input_px": px, "params": count_params(enc),
                   "gflops_per_tile": flops_per_tile(enc, px) / 1e9,

@@ -99,7 +99,7 @@ def _measure_here(name: str, weights: str | None, batch_size: int, input_px: int
 
     import timm  # noqa: F401  (imported before the baseline so its memory is not counted)
 
-    from maga_core.distill.students import build_any
+    from maga_core.encoders import build
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -108,7 +108,7 @@ def _measure_here(name: str, weights: str | None, batch_size: int, input_px: int
     base = _reset_peak()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    model = build_any(name, weights).to(device).eval()
+    model = build(name, weights).to(device).eval()
     px = int(input_px or model.spec.input_px)
     x = torch.randn(batch_size, 3, px, px, device=device)
 

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from maga_core.config import save_config, to_jsonable, write_json
 from maga_core.distill.measure import count_params, flops_per_tile, measure_run
 from maga_core.distill.robustness import robustness_curve
-from maga_core.distill.students import Prepare, build_any
+from maga_core.encoders import build
+from maga_core.encoders.mobilenet import Prepare
 from maga_core.distill.train import DistillConfig, distill, read_tile, work_dir_for
 from maga_core.errors import MagaError
 
@@ -177,7 +178,7 @@ def run_study(cfg: StudyConfig, root: Path, progress: bool = True) -> dict:
     teacher_px = models[0]["px"]
     rows, curves, history = [], {}, []
     for m in models:
-        enc = build_any(m["name"], m["weights"], **({"seed": cfg.seed} if m["weights"] == "random" else {}))
+        enc = build(m["name"], m["weights"], **({"seed": cfg.seed} if m["weights"] == "random" else {}))
         px = m["px"]
         prepare = Prepare(px, enc.spec.mean, enc.spec.std)
         known = _teacher_cache(ckpt) if m["model"] == "teacher" else None

@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 from maga_core.config import atomic_path, save_config, to_jsonable, write_json
 from maga_core.distill.augment import AugmentConfig, geometric_view, photometric
 from maga_core.distill.losses import get_loss
-from maga_core.distill.students import (CHECKPOINT_FORMAT, STUDENT_SPECS, Prepare, build_any, read_checkpoint,
-                                        resize_tile)
+from maga_core.encoders import build
+from maga_core.encoders.mobilenet import CHECKPOINT_FORMAT, STUDENT_SPECS, Prepare, read_checkpoint, resize_tile
 from maga_core.errors import MagaError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
@@ -174,7 +174,7 @@ def distill(cfg: DistillConfig, out: str | Path, progress: bool = True) -> Disti
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
-    teacher = build_any(cfg.teacher, cfg.teacher_weights).eval()
+    teacher = build(cfg.teacher, cfg.teacher_weights).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     tpx = cfg.teacher_px or teacher.spec.input_px
@@ -188,7 +188,7 @@ def distill(cfg: DistillConfig, out: str | Path, progress: bool = True) -> Disti
     std = targets.std(0) if cfg.standardize_targets else torch.ones(targets.shape[1])
     std = std.clamp_min(0.1 * float(std.mean()))
 
-    student = build_any(cfg.student, "random", seed=cfg.seed)
+    student = build(cfg.student, "random", seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     projection = nn.Linear(student.dim, teacher.dim)
     params = list(student.parameters()) + list(projection.parameters())

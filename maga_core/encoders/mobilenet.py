@@ -9,15 +9,13 @@ seeded random initialisation: the undistilled baseline is exactly that initialis
 
 Two registry entries are added (`encoders.register`), both built by this module (its `build` is a
 registry family function): `mobilenetv2_050` (architecture, random init, or a distilled checkpoint) and
-`distilled` (a checkpoint written by `maga_core.distill.train`; `weights=` is its path). Until
-`encoders.build` resolves a family given as a dotted module path (and the registry imports this module),
-build them with `build_any`, which does.
+`distilled` (a checkpoint written by `maga_core.distill.train`; `weights=` is its path), so a distilled
+student is an encoder everywhere (extraction, MAGA, MIL) through `encoders.build`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +24,20 @@ import torch
 from PIL import Image
 from torch import nn
 
-from maga_core import encoders
+from maga_core.encoders.base import Normalize
 from maga_core.encoders.efficientnet import EfficientNetEncoder
-from maga_core.encoders.registry import EncoderSpec, file_sha256, register
+from maga_core.encoders.registry import TFLITE_MEAN, TFLITE_STD, EncoderSpec, file_sha256, register
 from maga_core.errors import MagaError
 
 CHECKPOINT_FORMAT = "maga-distill-student/1"
-FAMILY = __name__
+FAMILY = "mobilenet"
 
 STUDENT_SPECS = {
     "mobilenetv2_050": EncoderSpec(
         name="mobilenetv2_050", family=FAMILY, arch="timm mobilenetv2_050 (width 0.5)",
         weights="random init (seeded); a `maga distill` checkpoint via weights=PATH",
         license="Apache-2.0 (timm)", dim=1280, input_px=224, input_mag=None,
-        mean=encoders.registry.TFLITE_MEAN, std=encoders.registry.TFLITE_STD,
+        mean=TFLITE_MEAN, std=TFLITE_STD,
         taps=("blocks.1", "blocks.2", "blocks.4"), options={"timm": "mobilenetv2_050"},
         notes="G2L student: 14.3% of EfficientNet-Lite2's parameters; taps at strides 4/8/16",
     ),
@@ -79,20 +77,12 @@ class Prepare:
 
     def __init__(self, input_px: int, mean, std):
         self.input_px = int(input_px)
-        self.norm = encoders.Normalize(mean, std)
+        self.norm = Normalize(mean, std)
 
     def __call__(self, tiles) -> torch.Tensor:
         batch = np.stack([resize_tile(np.asarray(t, dtype=np.uint8), self.input_px) for t in tiles])
         x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
         return self.norm.normalize(x)
-
-
-def build_any(name: str, weights: str | Path | None = None, **kw: Any) -> encoders.Encoder:
-    """encoders.build that also resolves families outside maga_core.encoders (dotted module paths)."""
-    s = encoders.spec(name)
-    if "." in s.family:
-        return importlib.import_module(s.family).build(s, weights, **kw)
-    return encoders.build(name, weights, **kw)
 
 
 def _architecture(spec: EncoderSpec, seed: int | None) -> EfficientNetEncoder:
