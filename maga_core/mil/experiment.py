@@ -1,0 +1,344 @@
+"""The evidence run of the MIL half of the paper, on the real-tile cohort.
+
+cohort (maga_core.mil.cohort) -> features at 20x and 5x with the ImageNet teacher and at 5x with its
+MAGA student (native mode) -> cross-validation of every aggregator in every setting -> one table of mean
+AUC with 95% CI beside the paper's figures, plus DeLong tests of 5x+MAGA against 5x and 20x on the same
+slides. Every stage caches under one folder and resumes; chapters 04 and 05 call `ensure_experiment`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from maga_core.config import atomic_path, save_config
+from maga_core.errors import MagaError
+from maga_core.mil.cohort import CohortConfig, ensure_cohort
+from maga_core.mil.cv import CVConfig, load_results, run_cv
+
+SETTINGS = {"20x": "20x", "5x": "5x", "5x_maga": "5x+MAGA"}  # folder name -> display name
+# Which paper figure each (task, model, setting) stands beside (paper_results.yaml key paths).
+PAPER_KEYS = {
+    "lesion": ("camelyon16_metastasis", {("clam_sb", "20x"): "auc.clam_20x", ("transmil", "20x"): "auc.transmil_20x",
+                                         ("gltrans", "20x"): "auc.gltrans_20x", ("gltrans", "5x_maga"): "auc.maga_gltrans_5x"}),
+    "subtype": ("tcga_nsclc_subtyping", {("clam_sb", "20x"): "auc.clam_20x", ("transmil", "20x"): "auc.transmil_20x",
+                                        ("clam_sb", "5x"): "auc.clam_5x", ("transmil", "5x"): "auc.transmil_5x",
+                                        ("gltrans", "5x_maga"): "auc.maga_gltrans_5x",
+                                        ("transmil", "5x_maga"): "transmil_with_maga.x5"}),
+}
+
+
+@dataclass
+class ExperimentConfig:
+    """The whole evidence run. `train` maps a model name (or "*" for all) to TrainConfig overrides."""
+
+    cohort: CohortConfig = field(default_factory=CohortConfig)
+    encoder: str = "efficientnet_lite0"
+    settings: list[str] = field(default_factory=lambda: list(SETTINGS))
+    models: list[str] = field(default_factory=lambda: ["gltrans", "transmil", "clam_sb", "abmil"])
+    folds: int | None = None  # None: the cohort's folds
+    train: dict[str, dict[str, Any]] = field(default_factory=dict)
+    student: dict[str, Any] = field(default_factory=dict)  # ensure_student arguments beyond the teacher
+    bootstrap: int = 500
+    num_workers: int = 0  # feature-extraction reader processes
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ExperimentConfig":
+        d = dict(d)
+        cohort = d.pop("cohort", {}) or {}
+        cohort = {k: tuple(v) if isinstance(v, list) else v for k, v in cohort.items()}
+        return cls(cohort=CohortConfig(**cohort), **d)
+
+
+def train_overrides(cfg: ExperimentConfig, model: str) -> dict[str, Any]:
+    """TrainConfig overrides of one model: the "*" entry, then the model's own."""
+    return {**cfg.train.get("*", {}), **cfg.train.get(model, {})}
+
+
+def cv_dir(root: str | Path, cfg: ExperimentConfig, setting: str, model: str) -> Path:
+    """Where one model's cross-validation in one setting lives (cv_dir(...)/fold_XX/checkpoint.pt, ...)."""
+    if setting not in cfg.settings or model not in cfg.models:
+        raise MagaError(f"this experiment runs no {model} at {setting}", root)
+    return Path(root) / "cv" / setting / model
+
+
+def student_checkpoint(cfg: ExperimentConfig, progress: bool = True) -> Path:
+    """The 5x MAGA student (native mode) this run uses, trained once and shared with other chapters."""
+    from maga_core.maga.ensure import ensure_student
+
+    return ensure_student(teacher=cfg.encoder, **{"mag": 5.0, "mode": "native", **cfg.student}, progress=progress)
+
+
+def extract_setting(cfg: ExperimentConfig, setting: str, slides_dir: Path, out: Path, progress: bool) -> Path:
+    """Feature files of every cohort slide for one setting (resumes; failures are an error here)."""
+    from maga_core.extract import ExtractConfig, extract_batch
+
+    if setting == "20x":
+        kw: dict[str, Any] = {"mag": 20.0}
+    elif setting == "5x":
+        kw = {"mag": 5.0}
+    elif setting == "5x_maga":
+        kw = {"student": str(student_checkpoint(cfg, progress))}
+    else:
+        raise MagaError(f"unknown setting {setting!r} (choose from {', '.join(SETTINGS)})")
+    ecfg = ExtractConfig(encoder=cfg.encoder, input=str(slides_dir), out=str(out), input_kind="slides",
+                         num_workers=cfg.num_workers, progress=progress, **kw)
+    report = extract_batch(ecfg)
+    if not report.ok:
+        raise MagaError("feature extraction failed for some slides:\n" + report.summary(), out)
+    return out
+
+
+def paper_figure(task: str, model: str, setting: str) -> tuple[str, float | None, list[float] | None]:
+    """(key path, mean, CI) of the paper figure this cell stands beside; ("", None, None) if none."""
+    from maga_core.data.manifests import reference_path
+    import yaml
+
+    section, keys = PAPER_KEYS[task]
+    key = keys.get((model, setting))
+    if not key:
+        return "", None, None
+    node: Any = yaml.safe_load(reference_path("paper_results.yaml").read_text())[section]
+    for part in key.split("."):
+        node = node[part]
+    if isinstance(node, dict):
+        return f"{section}.{key}", float(node["mean"]), [float(c) for c in node["ci"]]
+    return f"{section}.{key}", float(node), None
+
+
+def results_table(root: Path, cfg: ExperimentConfig) -> pd.DataFrame:
+    """One row per model x setting: mean AUC over folds with its 95% CI, pooled AUC/F1, the paper's figure."""
+    rows = []
+    for setting in cfg.settings:
+        for model in cfg.models:
+            s = load_results(cv_dir(root, cfg, setting, model))["summary"]
+            mean, pooled = s["mean_over_folds"], s["pooled"]
+            key, paper, paper_ci = paper_figure(cfg.cohort.task, model, setting)
+            rows.append({
+                "model": model, "setting": SETTINGS[setting], "folds": s["n_folds"], "slides": s["n_slides"],
+                "auc_mean": mean["auc"]["value"], "auc_ci_low": mean["auc"]["ci_low"], "auc_ci_high": mean["auc"]["ci_high"],
+                "auc_pooled": pooled["auc"]["value"], "auc_pooled_ci_low": pooled["auc"]["ci_low"],
+                "auc_pooled_ci_high": pooled["auc"]["ci_high"], "f1_mean": mean["f1"]["value"],
+                "accuracy_mean": mean["accuracy"]["value"], "paper_key": key, "paper_auc": paper,
+                "paper_ci_low": paper_ci[0] if paper_ci else None, "paper_ci_high": paper_ci[1] if paper_ci else None,
+            })
+    return pd.DataFrame(rows)
+
+
+def delong_table(root: Path, cfg: ExperimentConfig) -> pd.DataFrame:
+    """DeLong tests of 5x+MAGA against 5x and against 20x, per model, on the pooled test predictions."""
+    from maga_core.stats import delong_test
+
+    rows = []
+    for model in cfg.models:
+        for a, b in (("5x_maga", "5x"), ("5x_maga", "20x"), ("5x", "20x")):
+            if a not in cfg.settings or b not in cfg.settings:
+                continue
+            pa = load_results(cv_dir(root, cfg, a, model))["predictions"].set_index(["fold", "slide"])
+            pb = load_results(cv_dir(root, cfg, b, model))["predictions"].set_index(["fold", "slide"])
+            pb = pb.loc[pa.index]
+            if pa["prob_1"].isna().any() or "prob_2" in pa.columns:
+                continue  # DeLong here is for binary tasks
+            r = delong_test(pa["label"].to_numpy(), pa["prob_1"].to_numpy(), pb["prob_1"].to_numpy())
+            rows.append({"model": model, "a": SETTINGS[a], "b": SETTINGS[b], "auc_a": r.auc_a, "auc_b": r.auc_b,
+                         "z": r.z, "p_value": r.p_value, "n": len(pa)})
+    return pd.DataFrame(rows)
+
+
+def run_experiment(cfg: ExperimentConfig, root: str | Path, progress: bool = True) -> dict[str, pd.DataFrame]:
+    """All stages, each resumed from what `root` already holds; returns the AUC and DeLong tables."""
+    root = Path(root)
+    cohort = ensure_cohort(cfg.cohort, root / "cohort", progress=progress)
+    save_config(cfg, root, "experiment_config.json")
+    for setting in cfg.settings:
+        feats = extract_setting(cfg, setting, cohort.root / "slides", root / "features" / setting, progress)
+        for model in cfg.models:
+            out = cv_dir(root, cfg, setting, model)
+            cv = CVConfig.create(model, feats, cohort.labels_csv(), out, train_overrides=train_overrides(cfg, model),
+                                 folds=cfg.folds or cfg.cohort.folds, bootstrap=cfg.bootstrap)
+            if not (out / "summary.json").is_file():
+                run_cv(cv, progress=progress)
+    tables = {"auc": results_table(root, cfg), "delong": delong_table(root, cfg)}
+    for name, table in tables.items():
+        with atomic_path(root / f"{name}_table.csv") as tmp:
+            table.to_csv(tmp, index=False)
+    return tables
+
+
+def default_root(cfg: ExperimentConfig) -> Path:
+    """runs/<preset>/mil_evidence/<task>_<hash of the config>: chapters 04 and 05 share one run."""
+    import hashlib
+
+    from maga_core.presets import runs_dir
+
+    key = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    return runs_dir() / "mil_evidence" / f"{cfg.cohort.task}_{key}"
+
+
+def ensure_experiment(cfg: ExperimentConfig, root: str | Path | None = None,
+                      progress: bool = True) -> dict[str, pd.DataFrame]:
+    """The tables of a finished run at `root` (default: `default_root`) with this config, else run
+    (or resume) it."""
+    root = Path(root) if root is not None else default_root(cfg)
+    saved = root / "experiment_config.json"
+    if saved.is_file():
+        before = json.loads(saved.read_text())
+        before.pop("kind", None)
+        if before != json.loads(json.dumps(dataclasses.asdict(cfg))):
+            raise MagaError("holds an experiment with another configuration; choose another folder", root)
+        if all((root / f"{n}_table.csv").is_file() for n in ("auc", "delong")):
+            return {n: pd.read_csv(root / f"{n}_table.csv") for n in ("auc", "delong")}
+    return run_experiment(cfg, root, progress=progress)
+
+
+# ---------------------------------------------------------------- what chapters 04 and 05 draw
+
+def fold_aucs(root: str | Path, cfg: ExperimentConfig) -> dict[str, list[float]]:
+    """'model setting' -> per-fold test AUCs (box plots)."""
+    out = {}
+    for setting in cfg.settings:
+        for model in cfg.models:
+            fm = load_results(cv_dir(root, cfg, setting, model))["fold_metrics"]
+            out[f"{model} {SETTINGS[setting]}"] = fm.loc[fm["metric"] == "auc", "value"].tolist()
+    return out
+
+
+def roc_curves(root: str | Path, cfg: ExperimentConfig, model: str) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """Setting -> per-fold ROC curves (fpr, tpr) of one model (binary tasks), for a band over folds."""
+    from sklearn.metrics import roc_curve
+
+    curves = {}
+    for setting in cfg.settings:
+        pred = load_results(cv_dir(root, cfg, setting, model))["predictions"]
+        pairs = []
+        for _, sub in pred.groupby("fold"):
+            if sub["label"].nunique() == 2:
+                fpr, tpr, _ = roc_curve(sub["label"], sub["prob_1"])
+                pairs.append((fpr, tpr))
+        curves[SETTINGS[setting]] = pairs
+    return curves
+
+
+@dataclass
+class SlideMaps:
+    """Per-patch maps of one slide in one setting: coords, instance scores, K-means cluster ids."""
+
+    slide: str
+    setting: str
+    coords: np.ndarray
+    scores: np.ndarray
+    clusters: np.ndarray
+    prob: float
+    label: int
+    patch_size0: int
+
+
+def slide_maps(root: str | Path, cfg: ExperimentConfig, slide: str, model: str = "gltrans", k: int = 4,
+               seed: int = 0) -> dict[str, SlideMaps]:
+    """Instance scores from the fold model that tested `slide`, and K-means (k) clusters of its patch
+    features, in every setting. Cluster ids are matched to the 20x clustering (Hungarian on overlap)
+    so that one colour means the same group of patches across settings."""
+    import torch
+    from scipy.optimize import linear_sum_assignment
+    from sklearn.cluster import KMeans
+
+    from maga_core.data.features import read_features
+    from maga_core.mil.train import load_checkpoint, torch_threads
+    from maga_core.slides import mpp_for_mag
+
+    root = Path(root)
+    maps: dict[str, SlideMaps] = {}
+    ref: np.ndarray | None = None
+    for setting in cfg.settings:
+        where = cv_dir(root, cfg, setting, model)
+        res = load_results(where)
+        row = res["predictions"].loc[res["predictions"]["slide"] == slide]
+        if row.empty:
+            raise MagaError(f"slide {slide!r} was never tested", where)
+        fold = int(row["fold"].iloc[0])
+        net, tcfg = load_checkpoint(where / f"fold_{fold:02d}" / "checkpoint.pt")
+        ff = read_features(root / "features" / setting / f"{slide}.h5")
+        with torch_threads(tcfg.threads):
+            out = net(torch.from_numpy(ff.features))
+            scores = out.scores() if callable(out.scores) else out.scores
+        clusters = KMeans(n_clusters=min(k, len(ff)), n_init=10, random_state=seed).fit_predict(ff.features)
+        if ref is None:
+            ref, ref_coords = clusters, ff.coords
+        elif np.array_equal(ff.coords, ref_coords):
+            overlap = np.zeros((k, k))
+            np.add.at(overlap, (clusters, ref), 1)
+            rows, cols = linear_sum_assignment(-overlap)
+            mapping = np.empty(k, dtype=int)
+            mapping[rows] = cols
+            clusters = mapping[clusters]
+        patch0 = int(round(float(ff.attrs["patch_px"]) * mpp_for_mag(float(ff.attrs["magnification"]))
+                           / float(ff.attrs["mpp"])))
+        maps[SETTINGS[setting]] = SlideMaps(slide, SETTINGS[setting], ff.coords, scores.detach().numpy(), clusters,
+                                            float(row["prob_1"].iloc[0]), int(row["label"].iloc[0]), patch0)
+    return maps
+
+
+def lesion_fraction(coords: np.ndarray, patch_size0: int, lesion_tiles: pd.DataFrame) -> np.ndarray:
+    """Share of each patch's square covered by the slide's lesion tiles (cohort manifest geometry)."""
+    frac = np.zeros(len(coords))
+    for t in lesion_tiles.itertuples():
+        ox = np.clip(np.minimum(coords[:, 0] + patch_size0, t.x + t.w) - np.maximum(coords[:, 0], t.x), 0, None)
+        oy = np.clip(np.minimum(coords[:, 1] + patch_size0, t.y + t.h) - np.maximum(coords[:, 1], t.y), 0, None)
+        frac += ox * oy
+    return frac / float(patch_size0) ** 2
+
+
+def lesion_localisation(root: str | Path, cfg: ExperimentConfig, model: str = "gltrans", k: int = 4,
+                        max_slides: int | None = None, min_overlap: float = 0.25) -> pd.DataFrame:
+    """How well instance scores find the planted lesion: per lesion slide and setting, the AUC of the
+    scores for patches covering >= `min_overlap` lesion versus the rest (0.5 = no better than chance)."""
+    from sklearn.metrics import roc_auc_score
+
+    from maga_core.mil.cohort import load_cohort
+
+    cohort = load_cohort(Path(root) / "cohort")
+    pos = cohort.slides[cohort.slides["label"] == 1]["slide"].tolist()[:max_slides]
+    rows = []
+    for slide in pos:
+        lesion = cohort.tiles[(cohort.tiles["slide"] == slide) & (cohort.tiles["role"] == "lesion")]
+        for setting, m in slide_maps(root, cfg, slide, model, k).items():
+            inside = lesion_fraction(m.coords, m.patch_size0, lesion) >= min_overlap
+            auc = roc_auc_score(inside, m.scores) if 0 < inside.sum() < len(inside) else float("nan")
+            rows.append({"slide": slide, "setting": setting, "lesion_patches": int(inside.sum()),
+                         "patches": len(inside), "instance_auc": auc, "slide_prob": m.prob})
+    return pd.DataFrame(rows)
+
+
+def summary_figures(table: pd.DataFrame) -> dict[str, Any]:
+    """The measured cells that have a paper counterpart, nested by paper_results.yaml key path."""
+    figures: dict[str, Any] = {}
+    for r in table.dropna(subset=["paper_auc"]).itertuples():
+        node = figures
+        *parents, leaf = r.paper_key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = {"mean": round(float(r.auc_mean), 4), "ci": [round(float(r.auc_ci_low), 4),
+                                                                  round(float(r.auc_ci_high), 4)]}
+    return figures
+
+
+def save_summary(tables: dict[str, pd.DataFrame], cfg: ExperimentConfig) -> Path:
+    """Hand this chapter's AUCs to the reproduction summary (chapter 09), with what differs from the paper."""
+    from maga_core import summary
+
+    section = PAPER_KEYS[cfg.cohort.task][0]
+    c = cfg.cohort
+    note = (f"Mosaic slides of real H&E tiles (LC25000 lung, 0.5 um/px), {c.n_patients * c.slides_per_patient} "
+            f"slides, {cfg.folds or c.folds}-fold patient-level CV; {cfg.encoder} (ImageNet) features and its MAGA "
+            f"student (native 5x) instead of ResNet50; training settings {cfg.train or 'as in the papers'}. "
+            f"Not the paper's cohort: compare trends, not values.")
+    return summary.save_results("04_mil_cross_validation", figures=summary_figures(tables["auc"]),
+                                notes={section: note},
+                                extra={"auc_table": tables["auc"].to_dict("records"),
+                                       "delong": tables["delong"].to_dict("records")})

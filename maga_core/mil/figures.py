@@ -1,0 +1,103 @@
+"""Figures of chapters 04 (cross-validation) and 05 (interpretability), drawn from the evidence run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from maga_core import viz
+from maga_core.mil.experiment import SETTINGS, ExperimentConfig, SlideMaps, cv_dir, fold_aucs, roc_curves
+
+
+def auc_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The table of the chapter: mean AUC [95% CI] over folds, pooled AUC, and the paper's figure."""
+    def ci(v, lo, hi):
+        return "" if pd.isna(v) else (f"{v:.3f}" if pd.isna(lo) else f"{v:.3f} [{lo:.3f}, {hi:.3f}]")
+
+    return pd.DataFrame({
+        "model": table["model"], "setting": table["setting"],
+        "AUC mean over folds [95% CI]": [ci(*r) for r in table[["auc_mean", "auc_ci_low", "auc_ci_high"]].to_numpy()],
+        "AUC pooled [95% CI]": [ci(*r) for r in table[["auc_pooled", "auc_pooled_ci_low", "auc_pooled_ci_high"]].to_numpy()],
+        "macro F1": table["f1_mean"].round(3),
+        "paper": [ci(*r) for r in table[["paper_auc", "paper_ci_low", "paper_ci_high"]].to_numpy()],
+        "paper figure": table["paper_key"].fillna(""),
+    })
+
+
+def auc_bars(table: pd.DataFrame, title: str = "Mean AUC over folds (95% CI)") -> go.Figure:
+    """Bars per model, one colour per setting, CI whiskers; the paper's figure as a grey diamond."""
+    fig = go.Figure()
+    for setting in dict.fromkeys(table["setting"]):
+        sub = table[table["setting"] == setting]
+        fig.add_trace(go.Bar(x=sub["model"], y=sub["auc_mean"], name=setting,
+                             marker_color=viz.SETTING_COLORS.get(setting),
+                             error_y=dict(type="data", symmetric=False, array=sub["auc_ci_high"] - sub["auc_mean"],
+                                          arrayminus=sub["auc_mean"] - sub["auc_ci_low"], color="#444")))
+    paper = table.dropna(subset=["paper_auc"])
+    if len(paper):
+        fig.add_trace(go.Scatter(x=paper["model"], y=paper["paper_auc"], mode="markers", name="paper",
+                                 text=paper["setting"] + ": " + paper["paper_key"],
+                                 marker=dict(symbol="diamond", size=11, color=viz.SETTING_COLORS["paper"])))
+    fig.update_layout(title=title, barmode="group", yaxis_title="AUC", yaxis_range=[0, 1.05], height=460)
+    return fig
+
+
+def fold_boxes(root: str | Path, cfg: ExperimentConfig) -> go.Figure:
+    """Per-fold test AUCs of every model x setting (the paper's box plots)."""
+    return viz.box_plot(fold_aucs(root, cfg), title="Test AUC per fold", yaxis_title="AUC")
+
+
+def bootstrap_boxes(root: str | Path, cfg: ExperimentConfig, model: str) -> go.Figure:
+    """For one model: each fold's 500 resampled test AUCs, per setting (the paper's Fig. 2d-f)."""
+    from maga_core.mil.cv import load_results
+
+    fig = go.Figure()
+    for setting in cfg.settings:
+        boot = load_results(cv_dir(root, cfg, setting, model))["bootstrap"]
+        name = SETTINGS[setting]
+        fig.add_trace(go.Box(x=boot["fold"].astype(str), y=boot["auc"], name=name, boxpoints=False,
+                             marker_color=viz.SETTING_COLORS.get(name)))
+    fig.update_layout(title=f"{model}: resampled test AUC per fold", boxmode="group", xaxis_title="fold",
+                      yaxis_title="AUC", height=440)
+    return fig
+
+
+def roc_figure(root: str | Path, cfg: ExperimentConfig, model: str) -> go.Figure:
+    """Mean ROC over folds with a band (2.5-97.5 percentile over folds), per setting, for one model."""
+    curves = roc_curves(root, cfg, model)
+    aucs = {SETTINGS[s]: fold_aucs(root, cfg)[f"{model} {SETTINGS[s]}"] for s in cfg.settings}
+    return viz.roc_band(curves, aucs=aucs, title=f"{model}: ROC over folds")
+
+
+def heatmaps(maps: dict[str, SlideMaps], thumbnail: np.ndarray, downsample: float, region: tuple | None = None,
+             what: str = "scores") -> go.Figure:
+    """One panel per setting: instance scores (normalised to [0, 1] per slide) or K-means clusters over
+    the thumbnail; `region` (x0, y0, x1, y1 level-0) outlines the planted lesion."""
+    names = list(maps)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=[
+        f"{n} (p={maps[n].prob:.2f})" if what == "scores" else n for n in names], horizontal_spacing=0.02)
+    for i, name in enumerate(names, start=1):
+        m = maps[name]
+        fig.add_trace(go.Image(source=viz.image_data_uri(thumbnail), hoverinfo="skip"), row=1, col=i)
+        if what == "scores":
+            v = m.scores.astype(float)
+            v = (v - v.min()) / (np.ptp(v) or 1.0)
+            trace = viz.heatmap_trace(m.coords, v, m.patch_size0, downsample, "score", "Inferno", (0, 1))
+        else:
+            k = int(m.clusters.max()) + 1
+            trace = viz.heatmap_trace(m.coords, m.clusters, m.patch_size0, downsample, "cluster",
+                                      categories=[str(j) for j in range(k)])
+        trace.showscale = i == len(names)
+        fig.add_trace(trace, row=1, col=i)
+        if region is not None and region[0] >= 0:
+            x0, y0, x1, y1 = (c / downsample for c in region)
+            fig.add_shape(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, line=dict(color="#00FF7F", width=2),
+                          row=1, col=i)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
+    fig.update_layout(height=380, margin=dict(l=10, r=10, t=50, b=10))
+    return fig

@@ -1,0 +1,192 @@
+"""Training and patient-level cross-validation of the MIL aggregators."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from maga_core.cli import main
+from maga_core.errors import MagaError
+from maga_core.mil.cv import CVConfig, check_splits, make_splits, read_labels, run_cv
+from maga_core.mil.train import Bag, TrainConfig, build_optimizer, evaluate, new_model, train_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Bags are tiny: one intra-op thread is fastest, and keeps a busy 2-core machine from thrashing."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _toy_bags(n_bags: int, seed: int, dim: int = 16) -> list[Bag]:
+    """Positive bags hold a few instances shifted along one direction; negatives hold none."""
+    g = torch.Generator().manual_seed(seed)
+    bags = []
+    for i in range(n_bags):
+        n = int(torch.randint(6, 20, (1,), generator=g))
+        x = torch.randn(n, dim, generator=g)
+        label = i % 2
+        if label:
+            x[:3, :4] += 3.0
+        bags.append(Bag(slide=f"s{i}", features=x, label=label))
+    return bags
+
+
+@pytest.mark.parametrize("model", ["abmil", "gltrans"])
+def test_training_loss_falls_and_separates_a_toy_problem(model):
+    # GLTrans at width 64 with Adam: the paper's width 512 costs ~0.6 s a step on one CPU core, and
+    # Lookahead(RAdam) warms up over hundreds of steps (tested on its own below).
+    kw = {"model_kw": {"dim": 64}, "optimizer": "adam"} if model == "gltrans" else {}
+    cfg = TrainConfig.for_model(model, max_epochs=8, patience=8, min_epochs=0, seed=1, lr=1e-3, **kw)
+    train, val = _toy_bags(16, 0), _toy_bags(8, 1)
+    net = new_model(cfg, in_dim=16, n_classes=2)
+    result = train_model(net, train, val, cfg, progress=False)
+    loss = result.history["train_loss"].to_numpy()
+    assert loss[-3:].mean() < 0.5 * loss[:2].mean()
+    assert evaluate(net, val)["val_auc"] >= 0.95
+
+
+def test_lookahead_radam_descends_without_decay_on_biases():
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    cfg = TrainConfig.for_model("gltrans", lr=1e-2)
+    opt = build_optimizer(net, cfg)
+    no_decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert all((id(p) in no_decay) == (p.ndim <= 1) for p in net.parameters())
+    losses = []
+    for _ in range(300):
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
+
+
+def test_training_is_deterministic_and_selects_the_best_epoch():
+    cfg = TrainConfig.for_model("abmil", max_epochs=6, patience=2, seed=5, lr=1e-3)
+    train, val = _toy_bags(10, 0), _toy_bags(6, 1)
+    runs = []
+    for _ in range(2):
+        net = new_model(cfg, 16, 2)
+        res = train_model(net, train, val, cfg, progress=False)
+        runs.append((res, evaluate(net, val)))
+    pd.testing.assert_frame_equal(runs[0][0].history, runs[1][0].history)
+    hist = runs[0][0].history
+    assert runs[0][0].best_epoch == int(hist["val_loss"].idxmin())
+    # the returned weights are the selected epoch's
+    assert runs[0][1]["val_loss"] == pytest.approx(hist["val_loss"].min(), rel=1e-6)
+
+
+def test_model_defaults_follow_the_papers():
+    g = TrainConfig.for_model("gltrans")
+    assert (g.optimizer, g.lr, g.weight_decay, g.monitor, g.no_decay_1d) == ("lookahead_radam", 1e-4, 1e-5, "val_f1", True)
+    c = TrainConfig.for_model("clam_sb")
+    assert (c.optimizer, c.lr, c.weight_decay, c.monitor, c.min_epochs) == ("adam", 2e-4, 1e-5, "val_loss", 50)
+    assert TrainConfig.for_model("transmil").lr == 2e-4
+    with pytest.raises(MagaError):
+        TrainConfig.for_model("gltrans", nonsense=1)
+
+
+def _labels(n_patients: int = 12, slides: int = 2) -> pd.DataFrame:
+    rows = [{"slide": f"p{p}_s{s}", "patient": f"p{p}", "label": p % 2} for p in range(n_patients) for s in range(slides)]
+    return pd.DataFrame(rows)
+
+
+def test_splits_are_patient_disjoint_and_test_every_slide_once():
+    labels = _labels(20, 3)
+    splits = make_splits(labels, k=5, seed=0)
+    check_splits(splits)  # raises on a patient in two parts of a fold
+    test = splits[splits["part"] == "test"]
+    assert sorted(test["slide"]) == sorted(labels["slide"])  # each slide tested exactly once
+    for f, sub in splits.groupby("fold"):
+        parts = {p: set(sub.loc[sub["part"] == p, "patient"]) for p in ("train", "val", "test")}
+        assert not (parts["train"] & parts["test"]) and not (parts["val"] & parts["test"]) and not (parts["train"] & parts["val"])
+        assert sub.loc[sub["part"] == "test", "label"].nunique() == 2  # stratified
+    leaky = splits.copy()
+    leaky.loc[(leaky["fold"] == 0) & (leaky["slide"] == test[test["fold"] == 0]["slide"].iloc[0]), "part"] = "train"
+    with pytest.raises(MagaError, match="more than one"):
+        check_splits(leaky)
+
+
+def test_manifest_folds_are_honoured():
+    labels = _labels(10, 1).assign(fold=[i % 5 for i in range(10)])
+    splits = make_splits(labels, k=5, seed=0)
+    for f in range(5):
+        test = set(splits.loc[(splits["fold"] == f) & (splits["part"] == "test"), "slide"])
+        assert test == set(labels.loc[labels["fold"] == f, "slide"])
+        val = set(splits.loc[(splits["fold"] == f) & (splits["part"] == "val"), "slide"])
+        assert val == set(labels.loc[labels["fold"] == (f + 1) % 5, "slide"])
+
+
+def test_bad_labels_file_is_one_clear_error(tmp_path, capsys):
+    bad = tmp_path / "labels.csv"
+    bad.write_text("slide,diagnosis\na,1\n")
+    with pytest.raises(MagaError, match="labels.csv: missing column"):
+        read_labels(bad)
+    assert main(["mil", "--features", str(tmp_path), "--labels", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"maga mil: error: {bad}: missing column(s) ['label'] (need slide, label[, patient][, fold])"]
+    assert not (tmp_path / "o" / "predictions.csv").exists()
+
+
+@pytest.fixture(scope="module")
+def real_features(tmp_path_factory, data_file):
+    """A tiny real-tile cohort (6 slides, 3 folds) and its efficientnet_lite0 features at 5x."""
+    data_file("lc25000_lung_224_dedup", "lung_n/lungn1.jpeg")
+    from maga_core.extract import ExtractConfig, extract_batch
+    from maga_core.mil.cohort import CohortConfig, build_cohort
+
+    root = tmp_path_factory.mktemp("mil_real")
+    cohort = build_cohort(CohortConfig(task="lesion", n_patients=6, slides_per_patient=1, folds=3, grid=5,
+                                       lesion_cells=(2, 3)), root / "cohort", progress=False)
+    report = extract_batch(ExtractConfig(encoder="efficientnet_lite0", input=str(cohort.root / "slides"),
+                                         out=str(root / "features"), mag=5.0, num_workers=0, progress=False))
+    assert report.ok, report.summary()
+    return cohort, root / "features"
+
+
+def test_short_real_cv_run_writes_tidy_results(real_features, tmp_path, capsys):
+    cohort, features = real_features
+    out = tmp_path / "cv"
+    rc = main(["mil", "--model", "abmil", "--features", str(features), "--labels", str(cohort.labels_csv()),
+               "--folds", "3", "--out", str(out), "--epochs", "3", "--bootstrap", "50", "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err[-2000:]
+    printed = json.loads(captured.out)
+    assert 0.0 <= printed["pooled"]["auc"]["value"] <= 1.0
+    pred = pd.read_csv(out / "predictions.csv")
+    assert list(pred.columns) == ["fold", "slide", "patient", "label", "pred", "best_epoch", "prob_0", "prob_1"]
+    assert sorted(pred["slide"]) == sorted(cohort.slides["slide"])  # every slide tested once
+    assert np.allclose(pred[["prob_0", "prob_1"]].sum(axis=1), 1.0, atol=1e-5)
+    # the cohort's folds were used: a slide is tested in its own fold
+    fold_of = cohort.slides.set_index("slide")["fold"]
+    assert (pred["fold"].to_numpy() == fold_of.loc[pred["slide"]].to_numpy()).all()
+    fm = pd.read_csv(out / "fold_metrics.csv")
+    assert list(fm.columns) == ["fold", "n", "metric", "value", "ci_low", "ci_high"]
+    assert set(fm["metric"]) == {"auc", "accuracy", "f1", "kappa"} and sorted(fm["fold"].unique()) == [0, 1, 2]
+    boot = pd.read_csv(out / "bootstrap.csv")
+    assert len(boot) == 3 * 50 and {"fold", "replicate", "auc"} <= set(boot.columns)
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"pooled", "mean_over_folds"} <= set(summary) and summary["n_slides"] == len(cohort.slides)
+    m = summary["mean_over_folds"]["auc"]
+    assert m["ci_low"] <= m["value"] <= m["ci_high"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["kind"] == "CVConfig" and config["train"]["optimizer"] == "adam" and config["train"]["max_epochs"] == 3
+    for f in range(3):
+        assert (out / f"fold_{f:02d}" / "checkpoint.pt").is_file() and (out / f"fold_{f:02d}" / "history.csv").is_file()
+    # resuming with the same settings reuses the folds; other settings in the same folder are refused
+    cfg = CVConfig.create("abmil", features, cohort.labels_csv(), out, train_overrides={"max_epochs": 3},
+                          folds=3, bootstrap=50)
+    assert run_cv(cfg, progress=False)["pooled"] == summary["pooled"]
+    cfg.train.lr = 1.0
+    with pytest.raises(MagaError, match="another configuration"):
+        run_cv(cfg, progress=False)
