@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -49,3 +51,21 @@ def reference_file():
 def _isolated_runs(tmp_path_factory, monkeypatch):
     """Tests never write into the repository's runs/ folder."""
     monkeypatch.setenv("MAGA_RUNS_DIR", str(tmp_path_factory.getbasetemp() / "runs"))
+
+
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory):
+    """Every chapter executed once with the smoke preset (papermill) into a copy of book/, then built to
+    HTML. Chapter tests inspect these executed notebooks and their runs folder instead of re-running them."""
+    from maga_core import book
+
+    root = tmp_path_factory.mktemp("book")
+    target = root / "book"
+    target.mkdir()
+    for item in book.BOOK_DIR.iterdir():
+        if item.is_file():
+            shutil.copy2(item, target / item.name)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MAGA_RUNS_DIR", str(root / "runs"))
+        executed, html = book.build("smoke", book_dir=target)
+    return SimpleNamespace(book_dir=target, executed=executed, html=html, runs=root / "runs" / "smoke")

@@ -177,25 +177,10 @@ def test_results_are_shown_next_to_the_paper_or_not_run(reference_file, tmp_path
 
 # --- the smoke book, built and opened in a browser ---------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def smoke_book(tmp_path_factory):
-    """Every chapter executed with the smoke preset into a copy of book/, then built to HTML."""
-    root = tmp_path_factory.mktemp("book")
-    target = root / "book"
-    target.mkdir()
-    for item in book.BOOK_DIR.iterdir():
-        if item.is_file():
-            shutil.copy2(item, target / item.name)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MAGA_RUNS_DIR", str(root / "runs"))
-        runs, html = book.build("smoke", book_dir=target)
-    return target, runs, html
-
-
 @pytest.mark.notebooks
 @pytest.mark.slow
 def test_smoke_book_executes_every_chapter_with_injected_parameters(smoke_book):
-    target, runs, html = smoke_book
+    target, runs, html = smoke_book.book_dir, smoke_book.executed, smoke_book.html
     assert [r.stem for r in runs] == [p.stem for p in CHAPTERS]
     for path in CHAPTERS:
         nb = nbformat.read(target / "chapters" / path.name, as_version=4)
@@ -237,7 +222,7 @@ def _chromium() -> str | None:
 @pytest.mark.notebooks
 @pytest.mark.slow
 def test_built_chapter_draws_plotly_figures_offline(smoke_book, tmp_path):
-    target, _, html = smoke_book
+    html = smoke_book.html
     exe = _chromium()
     if exe is None:
         if IN_CI:

@@ -15,7 +15,8 @@ import torch
 from maga_core import cli
 from maga_core.data.features import feature_writer, read_features, write_features
 from maga_core.errors import MagaError
-from maga_core.extract import ExtractConfig, extract_batch, extract_slide, extract_tiles, load_model, plan
+from maga_core.extract import (ExtractConfig, embed, extract_batch, extract_slide, extract_tiles, load_model,
+                               one_line_cause, plan)
 from maga_core.slides import aligned_grid, detect_tissue, open_slide, read_patch
 
 ENCODER = "efficientnet_lite0"
@@ -128,6 +129,24 @@ def test_student_brings_its_magnification_pipeline_and_sha(tmp_path, tile_folder
         load_model(ENCODER, mag=20, student=ckpt)
     with pytest.raises(MagaError, match="not --encoder 'resnet50_trunc'"):
         load_model("resnet50_trunc", student=ckpt)
+
+
+class _BadPatch:
+    """Patch 5 cannot be read, as when a slide's tile data is corrupt past its header."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if i == 5:
+            raise MagaError("cannot read pixels at (1280, 0) level 0", "bad.svs")
+        return np.full((64, 64, 3), 200, dtype=np.uint8)
+
+
+def test_error_in_a_reader_worker_becomes_one_line(model_5x):
+    with pytest.raises(MagaError) as info:
+        embed(_BadPatch(), model_5x, batch_size=2, num_workers=1, progress=False)
+    assert one_line_cause(info.value, Path("bad.svs")) == "bad.svs: cannot read pixels at (1280, 0) level 0"
 
 
 def _run_cli(folder: Path, out: Path, capsys) -> tuple[int, dict, str]:

@@ -156,20 +156,12 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path):
 
 
 @pytest.mark.notebooks
-def test_maga_chapters_run_with_the_smoke_preset(tmp_path):
-    """Chapter 02 trains the smoke students; chapter 03 reuses them (same runs folder) for its report."""
+def test_maga_chapters_run_with_the_smoke_preset(smoke_book):
+    """Chapter 02 trained the smoke students; chapter 03 reused them (same runs folder) for its report."""
     import json
 
-    from maga_core.book import NOTEBOOKS_DIR, execute_notebook
-    from maga_core.presets import runs_dir
-
-    def students():
-        return {p: p.stat().st_mtime_ns for p in (runs_dir("smoke") / "maga_students").glob("*.pt")}
-
-    assert execute_notebook(NOTEBOOKS_DIR / "02_maga_training.ipynb", preset="smoke", out_dir=tmp_path).exists()
-    trained = students()
-    assert len(trained) >= 2
-    assert execute_notebook(NOTEBOOKS_DIR / "03_feature_quality.ipynb", preset="smoke", out_dir=tmp_path).exists()
-    assert students() == trained  # reused, not retrained
-    results = json.loads((runs_dir("smoke") / "maga_probe" / "results.json").read_text())
+    assert {"02_maga_training", "03_feature_quality"} <= {p.stem for p in smoke_book.executed}
+    students = list((smoke_book.runs / "maga_students").glob("*.pt"))
+    assert len(students) >= 2
+    results = json.loads((smoke_book.runs / "maga_probe" / "results.json").read_text())
     assert set(results["tasks"]) == {"tcga_luad_vs_lusc", "lc25000_aca_vs_scc"}

@@ -123,3 +123,14 @@ def test_token_bucket_starts_empty_and_paces():
     for _ in range(5):
         bucket.take(50_000)
     assert 0.22 < time.perf_counter() - t0 < 0.4
+
+
+@pytest.mark.notebooks
+def test_chapter_runs_the_study_with_the_smoke_preset(smoke_book):
+    import json
+
+    assert "08_telepathology" in {p.stem for p in smoke_book.executed}
+    result = json.loads((smoke_book.runs / "telepath" / "telepath.json").read_text())
+    mags = sorted(r["magnification"] for r in result["rows"])
+    assert mags == [5.0, 20.0] and result["ratios"][0]["storage_reduction"] > 4
+    assert any(r["maga_student"] for r in result["rows"] if r["magnification"] == 5.0)
