@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -63,3 +64,12 @@ def load_config(cls: type[T], path: str | Path) -> T:
     data.pop("kind", None)
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, read in 1 MiB chunks (data manifests, weight and student checkpoints)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

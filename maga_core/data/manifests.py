@@ -7,7 +7,6 @@ into the cache, checks the hash, and only then moves it into place, so a mismatc
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -16,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from maga_core.config import file_sha256 as sha256_of
 from maga_core.errors import MagaError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -91,14 +91,6 @@ def load(name: str) -> Manifest:
     )
     core = {k: raw.pop(k) for k in ("name", "title", "license", "origin", "kind")}
     return Manifest(**core, mirror=raw.pop("mirror", "data"), files=files, info=raw)
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 _verified: dict[tuple[str, int, int], str] = {}

@@ -5,13 +5,13 @@ vit) so importing the registry stays cheap and a table renders without touching 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maga_core.config import file_sha256  # noqa: F401  (re-exported for encoder families)
 from maga_core.errors import MagaError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -92,14 +92,6 @@ def table():
         del row["tap_weights"], row["pooled_weight"]
         rows.append(row)
     return pd.DataFrame(rows).set_index("name")
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 register(EncoderSpec(
