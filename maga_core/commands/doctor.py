@@ -83,7 +83,7 @@ def check_data(skip: bool) -> Check:
     from maga_core.data import manifests
 
     root = manifests.data_dir()
-    fix = ("set MAGA_DATA_DIR to the local data mirror (../shared/data here), or let fetch() download "
+    fix = ("set MAGA_DATA_DIR to the local data mirror (the Makefile sets it to the shared data folder beside the checkout), or let fetch() download "
            "the public files into the cache")
     if root is None:
         return False, f"MAGA_DATA_DIR not set; cache {manifests.cache_dir()}", fix

@@ -1,6 +1,6 @@
 """Data manifests: every real file the project uses, with its sha256, size, license and public address.
 
-Files are reached only through `fetch`. With `MAGA_DATA_DIR` set (CI and this machine: ../shared/data),
+Files are reached only through `fetch`. With `MAGA_DATA_DIR` set (the Makefile points it at the shared data folder beside the checkout),
 the local mirror is used in place after its sha256 is checked; otherwise pooch downloads the public file
 into the cache, checks the hash, and only then moves it into place, so a mismatch leaves nothing behind.
 """
@@ -161,11 +161,11 @@ def dataset_dir(dataset: str) -> Path:
 
 
 def reference_path(relpath: str) -> Path:
-    """A file of the upstream reference material (env MAGA_REFERENCE_DIR, ../shared/reference here)."""
+    """A file of the upstream reference material (env MAGA_REFERENCE_DIR; the Makefile sets it)."""
     ref = os.environ.get("MAGA_REFERENCE_DIR")
     if not ref:
         raise MagaError("MAGA_REFERENCE_DIR is not set (point it at the reference folder, "
-                        "../shared/reference in this project)", relpath)
+                        "the Makefile sets it beside the checkout)", relpath)
     path = Path(ref) / relpath
     if not path.exists():
         raise MagaError("not found under MAGA_REFERENCE_DIR", path)
