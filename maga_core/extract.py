@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from maga_core.config import save_config, write_json
-from maga_core.data.features import feature_writer
+from maga_core.data.features import INPUT_KINDS, feature_writer
 from maga_core.errors import MagaError
 from maga_core.slides import aligned_grid, detect_tissue, mpp_for_mag, open_slide, patch_px_for_mag, read_patch
 
@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".svslide", ".bif", ".tif", ".tiff"}
 TILE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 H5_SUFFIXES = {".h5", ".hdf5"}
-KINDS = ("auto", "slides", "tiles")
 REPORT = "extract_report.json"
 
 
@@ -280,8 +279,8 @@ def dist_rank_world() -> tuple[int, int]:
 
 def _input_kind(src: Path, kind: str) -> str:
     """'slide', 'slides' or 'tiles' for an input path."""
-    if kind not in KINDS:
-        raise MagaError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind not in INPUT_KINDS:
+        raise MagaError(f"--kind must be one of {', '.join(INPUT_KINDS)}, got {kind!r}")
     if not src.exists():
         raise MagaError("input not found", src)
     if src.is_file():

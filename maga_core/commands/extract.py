@@ -8,7 +8,7 @@ import sys
 
 
 def register(subparsers) -> None:
-    from maga_core.extract import KINDS
+    from maga_core.data.features import INPUT_KINDS
 
     p = subparsers.add_parser(
         "extract", help="extract patch features into HDF5 (one file per slide; one per tile folder)",
@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--input", required=True, help="a slide, a folder of slides, or a folder of tile images")
     p.add_argument("--out", required=True, help="output folder (or a .h5 file for one slide / one tile folder)")
     p.add_argument("--mpp", type=float, help="slides: override the level-0 MPP; tiles: their MPP (required)")
-    p.add_argument("--kind", choices=KINDS, default="auto", help="what --input holds (default: auto)")
+    p.add_argument("--kind", choices=INPUT_KINDS, default="auto", help="what --input holds (default: auto)")
     p.add_argument("--weights", help="encoder weights file (or 'random'); default: the encoder's own source")
     p.add_argument("--batch-size", type=int, help="patches per batch (default: 32 at 256 px, more for smaller)")
     p.add_argument("--workers", type=int, help="reader processes (default: half the cores)")

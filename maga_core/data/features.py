@@ -19,6 +19,10 @@ import numpy as np
 from maga_core.config import atomic_path
 from maga_core.errors import MagaError
 
+# What an extraction input holds; each kind has its own file layout below (slides: features + coords;
+# a tile folder: features + paths). Kept here, not in extract.py, so the CLI can offer it without torch.
+INPUT_KINDS = ("auto", "slides", "tiles")
+
 STANDARD_ATTRS = ("magnification", "patch_px", "encoder", "student_sha256", "slide", "mpp")
 
 

@@ -3,6 +3,7 @@ MAGA, and the uint8 -> tensor transform the weights expect."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,15 @@ import torch
 from torch import nn
 
 from maga_core.encoders.registry import EncoderSpec
+from maga_core.errors import MagaError
+
+
+def load_torch_file(path: str | Path, what: str, weights_only: bool = True) -> Any:
+    """torch.load on CPU; an unreadable file is one user error ("cannot read <what>"), whatever broke."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise MagaError(f"cannot read {what} ({type(exc).__name__})", path) from None
 
 
 class Normalize:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from maga_core.encoders.base import Encoder
+from maga_core.encoders.base import Encoder, load_torch_file
 from maga_core.encoders.registry import EncoderSpec, file_sha256
 from maga_core.errors import MagaError
 
@@ -100,10 +100,7 @@ def build(spec: EncoderSpec, weights: str | Path | None = None, keep_head: bool 
         path = Path(weights) if weights is not None else package_weight_file(spec.options["package"])
         if not path.is_file():
             raise MagaError("weight file not found", path)
-        try:
-            source = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-            raise MagaError(f"cannot read weights ({type(exc).__name__})", path) from None
+        source = load_torch_file(path, "weights")
         model.load_state_dict(convert_state_dict(model, source, path))
         source_name = f"{spec.options['package']}/{path.name}" if weights is None else str(path)
         ident = {"source": source_name, "sha256": file_sha256(path)}

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from maga_core.encoders.base import Normalize
+from maga_core.encoders.base import Normalize, load_torch_file
 from maga_core.encoders.efficientnet import EfficientNetEncoder
 from maga_core.encoders.registry import TFLITE_MEAN, TFLITE_STD, EncoderSpec, file_sha256, register
 from maga_core.errors import MagaError
@@ -110,10 +110,7 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise MagaError("distilled student checkpoint not found", path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise MagaError(f"cannot read checkpoint ({type(exc).__name__})", path) from None
+    state = load_torch_file(path, "checkpoint", weights_only=False)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise MagaError(f"not a distilled student checkpoint (expected format {CHECKPOINT_FORMAT})", path)
     return state

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from maga_core.encoders.base import Encoder
+from maga_core.encoders.base import Encoder, load_torch_file
 from maga_core.encoders.registry import EncoderSpec, file_sha256
 from maga_core.errors import MagaError
 
@@ -69,10 +69,7 @@ def build(spec: EncoderSpec, weights: str | Path | None = None) -> ResNetTruncEn
             path, source = Path(weights), str(weights)
             if not path.is_file():
                 raise MagaError("ResNet50 weight file not found", path)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise MagaError(f"cannot read weights ({type(exc).__name__})", path) from None
+        state = load_torch_file(path, "weights")
         state = {k: v for k, v in state.items() if not k.startswith(("layer4.", "fc."))}
         try:
             model.load_state_dict(state, strict=True)

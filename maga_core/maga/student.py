@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from maga_core.encoders.base import Encoder, Normalize
+from maga_core.encoders.base import Encoder, Normalize, load_torch_file
 from maga_core.encoders.registry import build, file_sha256
 from maga_core.errors import MagaError
 from maga_core.maga.views import resize_patch
@@ -69,10 +69,7 @@ def load_student(ckpt: str | Path) -> Encoder:
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise MagaError("MAGA student checkpoint not found", ckpt)
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise MagaError(f"cannot read checkpoint ({type(exc).__name__})", ckpt) from None
+    state = load_torch_file(ckpt, "checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise MagaError(f"not a MAGA student checkpoint (expected format {CHECKPOINT_FORMAT})", ckpt)
     if not state.get("finished"):
