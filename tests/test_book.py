@@ -172,14 +172,23 @@ def test_results_are_shown_next_to_the_paper_or_not_run(reference_file, tmp_path
     assert row.difference == "-0.0746"
     other = table[table.figure == "auc.clam_20x"].iloc[0]
     assert other.ours == summary.NOT_RUN and other.difference == ""
+    assert other.note == "10-fold CV"  # the chapter's note under the longest key
+    untimed = table[table.figure == "time_s.clam_20x"].iloc[0]  # a tie: the standing reason wins
+    assert untimed.note == summary.NOT_RUN_REASONS["tcga_nsclc_subtyping"]
     assert summary.coverage(table)["reproduced"] == 1
+    # A figure measured by two chapters is shown once per chapter and counted once.
+    summary.save_results("08_y", {"tcga_nsclc_subtyping": {"auc": {"clam_5x": 0.75}}}, preset="smoke")
+    table = summary.comparison("smoke")
+    rows = table[table.figure == "auc.clam_5x"]
+    assert list(rows.chapter) == ["04_x", "08_y"] and list(rows.ours) == ["0.7", "0.75"]
+    assert summary.coverage(table) == {"figures": 99, "reproduced": 1, "not_run": 98}
 
 
 # --- the smoke book, built and opened in a browser ---------------------------------------------------------
 
 @pytest.mark.notebooks
 @pytest.mark.slow
-def test_smoke_book_executes_every_chapter_with_injected_parameters(smoke_book):
+def test_smoke_book_executes_every_chapter_with_injected_parameters(smoke_book, monkeypatch):
     target, runs, html = smoke_book.book_dir, smoke_book.executed, smoke_book.html
     assert [r.stem for r in runs] == [p.stem for p in CHAPTERS]
     for path in CHAPTERS:
@@ -200,9 +209,21 @@ def test_smoke_book_executes_every_chapter_with_injected_parameters(smoke_book):
     assert len(grid["data"]["application/vnd.plotly.v1+json"]["data"]) == 2 * 3  # 2 patches x 3 mags
     ch09 = nbformat.read(target / "chapters" / "09_reproduction_summary.ipynb", as_version=4)
     assert "results of preset 'smoke'" in _text_all(ch09)
-    saved = json.loads((target.parent / "runs" / "smoke" / "results" /
-                        "01_slides_and_magnification.json").read_text())
+    results = target.parent / "runs" / "smoke" / "results"
+    saved = json.loads((results / "01_slides_and_magnification.json").read_text())
     assert saved["preset"] == "smoke" and saved["figures"]["headline"]["storage_reduction_max"] > 4
+    # Every chapter that measures a figure of the paper hands it to chapter 09.
+    assert {p.stem for p in results.glob("*.json")} == {
+        "01_slides_and_magnification", "02_maga_training", "04_mil_cross_validation", "06_distillation",
+        "07_end_to_end", "08_telepathology"}
+    monkeypatch.setenv("MAGA_RUNS_DIR", str(target.parent / "runs"))
+    table = summary.comparison("smoke")
+    measured = table[table.ours != summary.NOT_RUN]
+    assert set(measured.chapter) == {p.stem for p in results.glob("*.json")}
+    assert {"frozen_section_telepathology", "headline", "g2l_distillation", "maga_training", "gltrans",
+            "cross_validation", "camelyon16_metastasis", "beyond_mil_end_to_end"} <= set(measured.section)
+    tele = json.loads((results / "08_telepathology.json").read_text())["figures"]["frozen_section_telepathology"]
+    assert tele["gigapixels_per_slide"]["x20"] / tele["gigapixels_per_slide"]["x5"] == pytest.approx(16, rel=0.05)
 
 
 def _text(cell) -> str:

@@ -184,3 +184,20 @@ def test_short_real_cv_run_writes_tidy_results(real_features, tmp_path, capsys):
     cfg.train.lr = 1.0
     with pytest.raises(MagaError, match="another configuration"):
         run_cv(cfg, progress=False)
+
+
+def test_summary_figures_carry_the_paper_keys_and_maga_gain(reference_file):
+    from maga_core.mil.experiment import ExperimentConfig, summary_figures
+
+    reference_file("paper_results.yaml")
+    cfg = ExperimentConfig.from_dict({"cohort": {"task": "lesion", "folds": 10}, "models": ["transmil", "gltrans"],
+                                      "train": {"gltrans": {"lr": 1e-3, "grad_accum": 1}}})
+    rows = [("transmil", "5x", 0.6), ("transmil", "5x+MAGA", 0.75), ("gltrans", "5x+MAGA", 0.9)]
+    table = pd.DataFrame([{"model": m, "setting": s, "auc_mean": a, "auc_ci_low": a - 0.1, "auc_ci_high": a + 0.05,
+                           "paper_key": "camelyon16_metastasis.auc.maga_gltrans_5x" if m == "gltrans" else "",
+                           "paper_auc": 0.8938 if m == "gltrans" else None} for m, s, a in rows])
+    fig = summary_figures(table, cfg)
+    assert fig["camelyon16_metastasis"]["auc"]["maga_gltrans_5x"] == {"mean": 0.9, "ci": [0.8, 0.95]}
+    assert fig["maga_auc_increment_percent"] == {"transmil": {"camelyon16": {"x5": 25.0}}}  # relative gain
+    assert fig["cross_validation"]["split"] == "80/10/10 train/val/test, patient-level"
+    assert fig["gltrans"]["optimizer"] == {"name": "lookahead_radam", "lr": 1e-3, "weight_decay": 1e-5}

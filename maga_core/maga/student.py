@@ -65,7 +65,8 @@ class InputPipeline:
 
 def load_student(ckpt: str | Path) -> Encoder:
     """A trained student: an Encoder with `.input_mag`, `.input_px`, `.mode`, `.prepare` (the training
-    pipeline), `.sha256` (of the checkpoint file), `.teacher` (the teacher's identity) and `.config`."""
+    pipeline), `.sha256` (of the checkpoint file), `.teacher` (the teacher's identity), `.config`, `.history`,
+    `.loss_weights` (per tap) and `.n_tiles` (trained on)."""
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise MagaError("MAGA student checkpoint not found", ckpt)
@@ -87,6 +88,8 @@ def load_student(ckpt: str | Path) -> Encoder:
     student.teacher = state["teacher"]
     student.config = cfg
     student.history = state["history"]
+    student.loss_weights = state["loss_weights"]
+    student.n_tiles = state["tiles"]["n"]
     student.checkpoint = ckpt
     return student
 

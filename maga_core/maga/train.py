@@ -19,7 +19,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -250,6 +250,30 @@ def train(cfg: AlignConfig, out: str | Path, progress: bool = True,
     if skipped:
         print(f"MAGA: skipped {len(skipped)} unreadable tiles: " + "; ".join(skipped[:5]))
     return out
+
+
+def save_summary(students: dict[str, Any]) -> Path:
+    """Hand the MAGA training settings (chapter 02's students, from load_student) to the reproduction
+    summary (chapter 09), beside the paper's, with what differs."""
+    from maga_core import summary
+
+    first = next(iter(students.values()))
+    cfg = first.config
+    high_px = int(cfg["high_px"])
+    taps = ", ".join(f"{t} x{w:g}" for t, w in first.loss_weights.items())
+    tiles = "; ".join(f"{mode}: {s.n_tiles} tiles, {len(s.history)} epochs" for mode, s in students.items())
+    figures = {"maga_training": {
+        "patch_px": {f"x{m}": round(high_px * m / cfg["high_mag"]) for m in (20, 10, 5)},
+        "optimizer": {"name": "adam", "lr": cfg["lr"], "decay": "exponential", "decay_coefficient": cfg["lr_decay"]},
+        "loss": f"weighted sum over taps of L1(teacher, student): {taps} ({cfg['teacher']})"}}
+    return summary.save_results(
+        "02_maga_training", figures=figures,
+        notes={"maga_training": f"students of this build ({tiles}) on {', '.join(cfg['tiles'])}",
+               "maga_training.patches": f"the paper aligns on millions of cohort patches; this build's students "
+                                        f"saw {tiles}",
+               "maga_training.optimizer.decay": "lr x decay_coefficient per epoch (the public code: 0.95 per epoch)",
+               "maga_training.loss": "the public code weights its blocks [1, 5, 10] and the pooled output 200; "
+                                     "EfficientNet-Lite taps stand in for the ResNet50 blocks"})
 
 
 __all__ = ["AlignConfig", "TeacherTargets", "TileViews", "history_paths", "make_pipeline", "train"]

@@ -21,10 +21,13 @@ from maga_core.mil.grid import GridTransformer
 from maga_core.mil.layers import from_grid, to_grid
 
 
+LOCAL_DILATIONS = (1, 3, 5)  # the paper's local branch
+
+
 class LocalBranch(nn.Module):
     """Identity plus three dilated depthwise 7x7 convolutions of the instance grid."""
 
-    def __init__(self, dim: int = 512, dilations: tuple[int, ...] = (1, 3, 5)):
+    def __init__(self, dim: int = 512, dilations: tuple[int, ...] = LOCAL_DILATIONS):
         super().__init__()
         self.convs = nn.ModuleList(
             nn.Conv2d(dim, dim, 7, padding=3 * d, dilation=d, groups=dim) for d in dilations
