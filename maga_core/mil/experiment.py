@@ -355,17 +355,17 @@ def save_summary(tables: dict[str, pd.DataFrame], cfg: ExperimentConfig) -> Path
 
     section = PAPER_KEYS[cfg.cohort.task][0]
     c = cfg.cohort
+    features = f"{cfg.encoder} (ImageNet) features and its MAGA student (native 5x) instead of ResNet50"
     note = (f"Mosaic slides of real H&E tiles (LC25000 lung, 0.5 um/px), {c.n_patients * c.slides_per_patient} "
-            f"slides, {cfg.folds or c.folds}-fold patient-level CV; {cfg.encoder} (ImageNet) features and its MAGA "
-            f"student (native 5x) instead of ResNet50; training settings {cfg.train or 'as in the papers'}. "
-            f"Not the paper's cohort: compare trends, not values.")
+            f"slides, {cfg.folds or c.folds}-fold patient-level CV; {features}; training settings "
+            f"{cfg.train or 'as in the papers'}. Not the paper's cohort: compare trends, not values.")
     return summary.save_results(
         "04_mil_cross_validation", figures=summary_figures(tables["auc"], cfg),
         notes={section: note,
                f"{section}.time_s": "per-slide time is measured on a TCGA-size slide in chapter 8 (GLTrans only)",
                f"{section}.storage_gb": "per-slide storage is measured in chapters 1 and 8",
                "maga_auc_increment_percent": f"100 x (AUC 5x+MAGA - AUC 5x) / AUC 5x, mean AUC over folds, on the "
-                                             f"chapter's real-tile cohort ({c.task}); " + note.split(";")[1],
+                                             f"chapter's real-tile cohort ({c.task}); {features}",
                "cross_validation": "folds and bootstrap resamples of this build's preset (the paper: 10 folds)",
                "cross_validation.split": "validation is the fold after the test fold",
                "gltrans": "as run in this build; the public GLTrans code uses Lookahead(RAdam), which the paper "
