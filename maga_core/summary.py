@@ -122,6 +122,20 @@ def by_section(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {s: rows[cols].reset_index(drop=True) for s, rows in table.groupby("section", sort=False)}
 
 
+def section_view(section: str, rows: pd.DataFrame):
+    """One section of `by_section` as a wrapped HTML table. Where the whole section shares one reason for
+    not being run, the reason goes into the caption once and the table keeps only the paper's columns."""
+    caption = section.replace("_", " ")
+    if (rows["ours"] == NOT_RUN).all() and rows["note"].nunique() == 1:
+        caption += f" (not run: {rows['note'].iloc[0] or 'no chapter measures it'})"
+        rows = rows[["figure", "paper", "paper_ci"]]
+    cells = "white-space: nowrap; vertical-align: top; text-align: left; font-size: 0.85em; padding: 0.2em 0.5em"
+    return (rows.style.hide(axis="index").set_caption(caption)
+            .set_table_styles([{"selector": "td, th", "props": cells},
+                               {"selector": "td:last-child", "props": "white-space: normal; min-width: 18em"},
+                               {"selector": "caption", "props": "caption-side: top; text-align: left; font-weight: bold"}]))
+
+
 def coverage(table: pd.DataFrame) -> dict[str, int]:
     """How many of the paper's figures have a counterpart here."""
     figures = table["section"] + "." + table["figure"]

@@ -182,6 +182,11 @@ def test_results_are_shown_next_to_the_paper_or_not_run(reference_file, tmp_path
     rows = table[table.figure == "auc.clam_5x"]
     assert list(rows.chapter) == ["04_x", "08_y"] and list(rows.ours) == ["0.7", "0.75"]
     assert summary.coverage(table) == {"figures": 99, "reproduced": 1, "not_run": 98}
+    sections = summary.by_section(table)
+    glioma = summary.section_view("tcga_glioma_idh", sections["tcga_glioma_idh"]).to_html()
+    assert "(not run: needs the 1,539 TCGA glioma slides" in glioma and ">ours<" not in glioma  # said once
+    nsclc = summary.section_view("tcga_nsclc_subtyping", sections["tcga_nsclc_subtyping"]).to_html()
+    assert ">ours<" in nsclc and ">0.75<" in nsclc
 
 
 # --- the smoke book, built and opened in a browser ---------------------------------------------------------

@@ -357,8 +357,10 @@ def save_summary(tables: dict[str, pd.DataFrame], cfg: ExperimentConfig) -> Path
     c = cfg.cohort
     features = f"{cfg.encoder} (ImageNet) features and its MAGA student (native 5x) instead of ResNet50"
     note = (f"Mosaic slides of real H&E tiles (LC25000 lung, 0.5 um/px), {c.n_patients * c.slides_per_patient} "
-            f"slides, {cfg.folds or c.folds}-fold patient-level CV; {features}; training settings "
-            f"{cfg.train or 'as in the papers'}. Not the paper's cohort: compare trends, not values.")
+            f"slides, {cfg.folds or c.folds}-fold patient-level CV; {features}; "
+            + ("training settings as in the papers" if not cfg.train else
+               "training settings of the preset where they differ from the papers' (experiment_config.json)")
+            + ". Not the paper's cohort: compare trends, not values.")
     return summary.save_results(
         "04_mil_cross_validation", figures=summary_figures(tables["auc"], cfg),
         notes={section: note,
