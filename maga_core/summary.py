@@ -32,13 +32,13 @@ NOT_RUN = "not run"
 # Why figures cannot run on this machine whatever a chapter does; shown beside 'not run'.
 NOT_RUN_REASONS = {
     "tcga_nsclc_subtyping": "needs the 1,053 TCGA-NSCLC diagnostic slides (data_manifests/cohort_tcga_nsclc.yaml); "
-                            "../shared/data holds tiles of a few TCGA cases, not the slides",
+                            "the data mirror (MAGA_DATA_DIR) holds tiles of a few TCGA cases, not the slides",
     "tcga_glioma_idh": "needs the 1,539 TCGA glioma slides (data_manifests/cohort_tcga_glioma.yaml); none are here",
     "camelyon16_metastasis": "needs the 399 CAMELYON16 slides (data_manifests/cohort_camelyon16.yaml); none are here",
     "maga_auc_increment_percent": "needs that cohort's slides; only the CAMELYON16 analogue (chapter 4) runs here",
     "histopathology_encoders_nsclc_20x": "needs the CTransPath and UNI weights (gated downloads, no network "
                                          "here) and the TCGA-NSCLC slides; the adapters exist (maga info)",
-    "frozen_section_telepathology.auc": "needs 2,167 labelled frozen sections; ../shared/data holds one unlabelled "
+    "frozen_section_telepathology.auc": "needs 2,167 labelled frozen sections; the data mirror holds one unlabelled "
                                         "frozen section, so only the timing figures are measured (chapter 8)",
 }
 

@@ -57,8 +57,9 @@ class Encoder(nn.Module):
 
     keep=None returns every tap the encoder offers; an empty set only "pooled" (plain inference)."""
 
-    def __init__(self, spec: EncoderSpec, weights_id: dict[str, str]):
+    def __init__(self, spec: EncoderSpec, model: nn.Module, weights_id: dict[str, str]):
         super().__init__()
+        self.model = model  # the wrapped network (timm or torchvision)
         self.spec = spec
         self.dim = spec.dim
         self.weights_id = dict(weights_id)  # {"source": ..., "sha256": ...}: the teacher identity

@@ -62,10 +62,6 @@ def convert_state_dict(model: nn.Module, source: dict[str, torch.Tensor], path: 
 class EfficientNetEncoder(Encoder):
     """Taps: every stage output `blocks.0`..`blocks.6`, `head` (conv_head+BN+ReLU6) and `pooled`."""
 
-    def __init__(self, spec: EncoderSpec, model: nn.Module, weights_id: dict[str, str]):
-        super().__init__(spec, weights_id)
-        self.model = model
-
     def tap_names(self) -> list[str]:
         return [f"blocks.{i}" for i in range(len(self.model.blocks))] + ["head", "pooled"]
 

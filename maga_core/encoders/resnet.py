@@ -17,10 +17,6 @@ from maga_core.errors import MagaError
 class ResNetTruncEncoder(Encoder):
     """Taps: `stem` (after max-pool), `layer1`, `layer2`, `layer3`, `pooled`."""
 
-    def __init__(self, spec: EncoderSpec, model: nn.Module, weights_id: dict[str, str]):
-        super().__init__(spec, weights_id)
-        self.model = model
-
     def tap_names(self) -> list[str]:
         return ["stem", "layer1", "layer2", "layer3", "pooled"]
 

@@ -58,10 +58,6 @@ class ConvStem(nn.Module):
 class ViTEncoder(Encoder):
     """Taps `blocks.i` (token maps without prefix tokens) and `pooled` (the model's own pooled output)."""
 
-    def __init__(self, spec: EncoderSpec, model: nn.Module, weights_id: dict[str, str]):
-        super().__init__(spec, weights_id)
-        self.model = model
-
     def tap_names(self) -> list[str]:
         return [f"blocks.{i}" for i in range(len(self.model.blocks))] + ["pooled"]
 
@@ -81,10 +77,6 @@ class ViTEncoder(Encoder):
 
 class SwinEncoder(Encoder):
     """Taps `layers.i` (stage maps, NCHW) and `pooled` (final norm + average pool)."""
-
-    def __init__(self, spec: EncoderSpec, model: nn.Module, weights_id: dict[str, str]):
-        super().__init__(spec, weights_id)
-        self.model = model
 
     def tap_names(self) -> list[str]:
         return [f"layers.{i}" for i in range(len(self.model.layers))] + ["pooled"]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maga_core.encoders.registry import UPSTREAM_BLOCK_WEIGHTS, UPSTREAM_POOLED_WEIGHT, EncoderSpec
+from maga_core.encoders.registry import UPSTREAM_BLOCK_WEIGHTS, EncoderSpec
 
 
 def resolve_weights(spec: EncoderSpec, taps: list[str] | None = None, tap_weights: list[float] | None = None,

@@ -105,7 +105,6 @@ def ratios(table: pd.DataFrame) -> list[dict[str, Any]]:
 
 def timing_figure(rows: list[dict[str, Any]]):
     """Stacked bars per slide and magnification: transfer + tiling + encoding + aggregation (seconds)."""
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     table = pd.DataFrame(rows)
