@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from maga_core.config import save_config, write_json
 from maga_core.data.features import INPUT_KINDS, feature_writer
 from maga_core.errors import MagaError
-from maga_core.slides import aligned_grid, detect_tissue, mpp_for_mag, open_slide, patch_px_for_mag, read_patch
+from maga_core.maga.views import view_at_mag
+from maga_core.slides import aligned_grid, detect_tissue, open_slide, patch_px_for_mag, read_patch
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +139,10 @@ class SlidePatches(Dataset):
 
 
 class TileImages(Dataset):
-    """Tile images resampled (Lanczos, like slide patches) from their MPP to the target magnification."""
+    """Tile images at their MPP, viewed at the target magnification exactly as MAGA training views them."""
 
     def __init__(self, paths: Sequence[Path], tile_mpp: float, mag: float):
-        self.paths, self.scale = list(paths), float(tile_mpp) / mpp_for_mag(mag)
+        self.paths, self.tile_mpp, self.mag = list(paths), float(tile_mpp), float(mag)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -149,14 +150,10 @@ class TileImages(Dataset):
     def __getitem__(self, i: int) -> np.ndarray:
         try:
             with Image.open(self.paths[i]) as im:
-                im = im.convert("RGB")
-                w, h = im.size
-                size = (max(1, round(w * self.scale)), max(1, round(h * self.scale)))
-                if size != (w, h):
-                    im = im.resize(size, Image.Resampling.LANCZOS)
-                return np.asarray(im)
+                tile = np.asarray(im.convert("RGB"))
         except OSError as exc:
             raise MagaError(f"cannot read tile image ({exc})", self.paths[i]) from None
+        return view_at_mag(tile, self.tile_mpp, self.mag)
 
 
 class Collate:

@@ -82,8 +82,8 @@ def test_patch_i_matches_across_magnifications(cmu, cmu_tissue):
         p10, p5 = read_patch(cmu, (x, y), 10), read_patch(cmu, (x, y), 5)
         assert p20.shape == (256, 256, 3) and p10.shape == (128, 128, 3) and p5.shape == (64, 64, 3)
         down = Image.fromarray(p20)
-        scores5.append(psnr(p5, np.asarray(down.resize((64, 64), Image.Resampling.LANCZOS))))
-        scores10.append(psnr(p10, np.asarray(down.resize((128, 128), Image.Resampling.LANCZOS))))
+        scores5.append(psnr(p5, np.asarray(down.resize((64, 64), Image.Resampling.BOX))))
+        scores10.append(psnr(p10, np.asarray(down.resize((128, 128), Image.Resampling.BOX))))
     assert min(scores5) > 30 and min(scores10) > 30
     # the same comparison between different grid squares is far below the bar
     wrong = psnr(read_patch(cmu, tuple(coords[1]), 5),

@@ -20,7 +20,10 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=512)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--max-tiles", type=int, default=None, help="train on a seeded subset of this many tiles")
-    p.add_argument("--high-px", type=int, default=256, help="teacher input px at 20x (other tiles are resampled)")
+    p.add_argument("--mpp", type=float, default=None,
+                   help="the tiles' microns per pixel (0.5 for 20x); default: the tile datasets' manifests")
+    p.add_argument("--augment", choices=("none", "flips"), default="flips",
+                   help="flips: each tile also in its three mirror images (teacher targets for each)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.set_defaults(func=run)
 
@@ -31,7 +34,7 @@ def run(args) -> int:
     cfg = AlignConfig(
         teacher=args.teacher, teacher_weights=args.teacher_weights, mag=args.mag, mode=args.mode,
         tiles=list(args.tiles), epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, lr=args.lr,
-        max_tiles=args.max_tiles, high_px=args.high_px, num_workers=args.workers)
+        max_tiles=args.max_tiles, tile_mpp=args.mpp, augment=args.augment, num_workers=args.workers)
     out = train(cfg, args.out)
     history = json.loads(history_paths(out)[1].read_text())
     print(json.dumps({"checkpoint": str(out), "epochs": len(history), "last": history[-1]}, indent=2))

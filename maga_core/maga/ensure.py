@@ -10,6 +10,8 @@ from maga_core.config import to_jsonable
 from maga_core.maga.train import AlignConfig, train
 
 DEFAULT_TILES = ("lc25000_lung_224_dedup:train", "uni_tcga_luadlusc:train")
+# TCGA's manifest gives 0.5 um/px; LC25000's scale is undocumented and taken as 0.5 (20x) too.
+DEFAULT_TILE_MPP = 0.5
 # Settings that do not change what is trained, so they do not name a different student.
 _NOT_IN_KEY = {"num_workers", "teacher_cache_mb"}
 
@@ -25,8 +27,9 @@ def student_path(cfg: AlignConfig, runs: Path | None = None) -> Path:
 
 def ensure_student(teacher: str = "efficientnet_lite0", mag: float = 5.0, mode: str = "native",
                    tiles: list[str] | tuple[str, ...] = DEFAULT_TILES, epochs: int = 15, batch_size: int = 32,
-                   seed: int = 512, max_tiles: int | None = None, progress: bool = True, **kw) -> Path:
+                   seed: int = 512, max_tiles: int | None = None, progress: bool = True,
+                   tile_mpp: float = DEFAULT_TILE_MPP, runs: Path | None = None, **kw) -> Path:
     """Checkpoint of the student with these settings: trained (or resumed) if absent, else reused."""
     cfg = AlignConfig(teacher=teacher, mag=float(mag), mode=mode, tiles=list(tiles), epochs=int(epochs),
-                      batch_size=int(batch_size), seed=int(seed), max_tiles=max_tiles, **kw)
-    return train(cfg, student_path(cfg), progress=progress)
+                      batch_size=int(batch_size), seed=int(seed), max_tiles=max_tiles, tile_mpp=tile_mpp, **kw)
+    return train(cfg, student_path(cfg, runs), progress=progress)

@@ -14,7 +14,7 @@ MODE_COLORS = {"native": viz.SETTING_COLORS["5x+MAGA"], "upsample": "#CC79A7"}
 KIND_COLORS = {"teacher_20x": viz.SETTING_COLORS["20x"], "teacher_5x": viz.SETTING_COLORS["5x"],
                "teacher_5x_upsampled": "#E69F00", "maga_5x_native": MODE_COLORS["native"],
                "maga_5x_upsample": MODE_COLORS["upsample"]}
-KIND_LABELS = {"teacher_20x": "20x teacher", "teacher_5x": "5x teacher (64 px)",
+KIND_LABELS = {"teacher_20x": "20x teacher", "teacher_5x": "5x teacher (at 5x size)",
                "teacher_5x_upsampled": "5x teacher (upsampled)", "maga_5x_native": "5x+MAGA native",
                "maga_5x_upsample": "5x+MAGA upsample"}
 
@@ -65,9 +65,48 @@ def cosine_table(results: dict) -> pd.DataFrame:
     rows = {}
     for task, t in results["tasks"].items():
         for key, name in (("cosine_to_20x", "raw"), ("cosine_centered_to_20x", "centred")):
-            rows[f"{task} {name}"] = {_label(k): f"{v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+            rows[f"{task} {name}"] = {_label(k): f"{v['value']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
                                       for k, v in t[key].items()}
     return pd.DataFrame(rows)
+
+
+def recovery_table(results: dict) -> pd.DataFrame:
+    """Per task and student: the 20x-vs-5x AUC gap it closes, with the case/cluster bootstrap CI."""
+    rows = []
+    for task, t in results["tasks"].items():
+        for student, r in t["recovered"].items():
+            rows.append({"task": task, "student": _label(student), "baseline": _label(r["vs"]),
+                         "20x AUC": t["probe"]["teacher_20x"]["auc"], "baseline AUC": t["probe"][r["vs"]]["auc"],
+                         "student AUC": t["probe"][student]["auc"],
+                         "gap recovered": f"{r['value']:.0%} [{r['ci_low']:.0%}, {r['ci_high']:.0%}]"})
+    return pd.DataFrame(rows).round(3)
+
+
+def recovery_text(results: dict, flops: dict[str, int]) -> str:
+    """What this build measured, in words (chapter 03): per task, how much of the gap each student
+    recovered and at what cost per tile (`flops`: forward FLOPs per tile for "native" and "upsample")."""
+    m = f"{results['config']['mag']:g}x"
+    secs = {mode: s["train_seconds"] for mode, s in results["students"].items()}
+    lines = []
+    for task, t in results["tasks"].items():
+        p, r = t["probe"], t["recovered"]
+        nat, up = r[f"maga_{m}_native"], r[f"maga_{m}_upsample"]
+        lines.append(
+            f"- **{task}** ({t['n_test']} held-out tiles, {t['n_cases']} cases/clusters): the teacher's AUC falls "
+            f"from {p['teacher_20x']['auc']:.3f} at 20x to {p[f'teacher_{m}']['auc']:.3f} at {m}; the native "
+            f"student reaches {p[f'maga_{m}_native']['auc']:.3f}, recovering {nat['value']:.0%} of the gap "
+            f"(95% CI {nat['ci_low']:.0%} to {nat['ci_high']:.0%}); the upsample student reaches "
+            f"{p[f'maga_{m}_upsample']['auc']:.3f} against {p[f'teacher_{m}_upsampled']['auc']:.3f} for the "
+            f"teacher on the same upsampled input ({up['value']:.0%} of its gap).")
+    better = {task: ("native" if t["recovered"][f"maga_{m}_native"]["value"]
+                     >= t["recovered"][f"maga_{m}_upsample"]["value"] else "upsample")
+              for task, t in results["tasks"].items()}
+    lines.append(
+        f"- Cost: the native student needs {flops['native'] / 1e9:.3f} GFLOPs per tile, the upsample student "
+        f"{flops['upsample'] / 1e9:.3f} ({flops['upsample'] / flops['native']:.1f}x more, as much as the teacher "
+        f"at 20x); training took {secs['native']:.0f} s (native) and {secs['upsample']:.0f} s (upsample) here. "
+        f"The student that recovers more of its gap: " + "; ".join(f"{k}: {v}" for k, v in better.items()) + ".")
+    return "\n".join(lines)
 
 
 def auc_figure(results: dict) -> go.Figure:
@@ -94,13 +133,13 @@ def cosine_figure(arrays: dict, task: str, centred: bool = False) -> go.Figure:
                         + (" (centred)" if centred else ""), yaxis_title="cosine", colors=colors)
 
 
-def tsne_figure(arrays: dict, task: str, kinds: list[str], split: str = "test", seed: int = 0,
+def tsne_figure(arrays: dict, task: str, kinds: list[str], seed: int = 0,
                 classes: tuple[str, str] = ("adenocarcinoma", "squamous")) -> go.Figure:
-    """t-SNE of the tiles' features of several kinds embedded jointly (each kind standardised by the
-    20x teacher's statistics): colour = class, symbol = magnification / model."""
+    """t-SNE of the held-out tiles' features of several kinds embedded jointly (each kind standardised by
+    the 20x teacher's statistics): colour = class, symbol = magnification / model."""
     from sklearn.manifold import TSNE
 
-    sel = arrays[f"{task}/split"] == split
+    sel = np.ones(len(arrays[f"{task}/label"]), dtype=bool)
     ref = arrays[f"{task}/features/teacher_20x"][sel]
     mu, sd = ref.mean(0), ref.std(0) + 1e-6
     feats = np.concatenate([(arrays[f"{task}/features/{k}"][sel] - mu) / sd for k in kinds])
@@ -116,7 +155,7 @@ def tsne_figure(arrays: dict, task: str, kinds: list[str], split: str = "test", 
             fig.add_trace(go.Scatter(x=emb[m, 0], y=emb[m, 1], mode="markers", name=f"{_label(kind)} · {cname}",
                                      marker=dict(symbol=symbols[j % len(symbols)], size=7, opacity=0.8,
                                                  color=viz.PALETTE[c])))
-    fig.update_layout(title=f"{task}: t-SNE of {split} tile features (colour = class, symbol = input)",
+    fig.update_layout(title=f"{task}: t-SNE of held-out tile features (colour = class, symbol = input)",
                       height=520, xaxis=dict(showticklabels=False), yaxis=dict(showticklabels=False))
     return fig
 

@@ -1,17 +1,15 @@
 """The real-data MAGA report: does a student trained at 5x give features as useful as the teacher's at 20x?
 
-MAGA students (both modes) are trained on tiles that are never evaluated (LC25000 train split + TCGA
-train split). On held-out tiles of two real tasks (TCGA LUAD vs LUSC, 60 test tiles from 6 cases; LC25000
-adenocarcinoma vs squamous, held-out near-duplicate clusters) a logistic-regression probe is fitted on the
-train split's features and scored on the test split, for: the teacher at 20x, the teacher on the 5x view
-without MAGA (at 64 px, and resized back to 256 px), and the two students. AUC with stratified bootstrap
-95% CIs (500 resamples), DeLong tests of student vs teacher at 5x, and the per-tile cosine similarity of each
-5x feature to the teacher's 20x feature of the same tile (raw, and centred on the 20x training mean, since
-post-ReLU features share a large positive mean that inflates raw cosines).
-
-Scale: TCGA tiles are 256 px at ~0.5 um/px, i.e. 20x; 5x = 64 px. LC25000's 224 px copies have no
-documented scale (camera photos, 768 px originals downsampled ~3.4x); they are treated as the 20x view of
-one patch and resampled to 256 px, so their 5x view is the same image at 64 px.
+MAGA students (both modes) are trained without labels on tiles that are never evaluated (LC25000 train
+split + TCGA train split). Evaluation uses only the held-out test splits of two real tasks (TCGA LUAD vs
+LUSC: 60 tiles of 6 cases; LC25000 adenocarcinoma vs squamous: held-out near-duplicate clusters): a
+logistic-regression probe is cross-validated within the held-out tiles (folds by case / cluster, the same
+folds for every kind of feature), so nothing the probe or the student was fitted on is scored. Kinds: the
+teacher at 20x, the teacher on the 5x view (at its size, and resized back to the teacher's), and the two
+students. AUCs carry 95% CIs from a bootstrap over cases (TCGA) or clusters (LC25000), paired across kinds,
+which also gives the CI of the recovered fraction of the 20x-vs-5x gap; DeLong tests are clustered the same
+way. Cosine similarity of each 5x feature to the teacher's 20x feature of the same tile is reported raw and
+centred on the mean held-out 20x feature (post-ReLU features share a large positive mean).
 """
 
 from __future__ import annotations
@@ -26,10 +24,10 @@ import torch
 from tqdm.auto import tqdm
 
 from maga_core.config import atomic_path, save_config, to_jsonable, write_json
-from maga_core.maga.ensure import DEFAULT_TILES, ensure_student
+from maga_core.maga.ensure import DEFAULT_TILES, DEFAULT_TILE_MPP, ensure_student
 from maga_core.maga.student import load_student
 from maga_core.maga.tilesource import read_tile
-from maga_core.maga.views import low_mag_view, resize_patch
+from maga_core.maga.views import view_at_mag
 
 TASKS = {
     "tcga_luad_vs_lusc": "uni_tcga_luadlusc",
@@ -37,13 +35,14 @@ TASKS = {
 }
 CLASSES = ("adenocarcinoma", "squamous")  # label 0, 1
 ASSUMPTIONS = [
-    "TCGA tiles (256 px, ~0.5 um/px by eye) are 20x; the 5x view is the 64 px antialiased (Lanczos) downsample.",
-    "LC25000 224 px copies: scale undocumented; treated as the 20x view of one patch and resampled to 256 px, "
-    "so their 5x view is the same image at 64 px.",
-    "MAGA training tiles: LC25000 train split (all three classes, labels unused) + TCGA train split; "
-    "no test tile is seen in training.",
-    "AUC CIs: stratified percentile bootstrap over test tiles; TCGA test tiles come from only 6 cases, "
-    "so tile-level CIs understate case-level uncertainty.",
+    "TCGA tiles (256 px, ~0.5 um/px by eye) are 20x; their 5x view is 64 px.",
+    "LC25000 224 px copies: scale undocumented; taken as 0.5 um/px (20x, as `maga align --mpp 0.5` does), so "
+    "their 5x view is 56 px.",
+    "Views at every magnification come from `views.view_at_mag`, the resampling `maga extract` applies to tile "
+    "folders: training and evaluation see the same pixels.",
+    "MAGA training tiles: LC25000 train split (all three classes, labels unused) + TCGA train split; the probe "
+    "is cross-validated within the test splits only.",
+    "CIs resample TCGA cases (6) or LC25000 near-duplicate clusters, not tiles.",
 ]
 
 
@@ -52,6 +51,7 @@ class ProbeConfig:
     teacher: str = "efficientnet_lite0"
     mag: float = 5.0
     train_tiles: list[str] = field(default_factory=lambda: list(DEFAULT_TILES))
+    tile_mpp: float = DEFAULT_TILE_MPP
     max_train_tiles: int | None = None
     epochs_native: int = 15
     epochs_upsample: int = 15
@@ -59,36 +59,41 @@ class ProbeConfig:
     seed: int = 512
     n_boot: int = 500
     probe_c: float = 1.0  # inverse L2 strength of the logistic regression (standardised features)
-    max_tiles_per_class: int | None = None  # per split and class (smoke runs); None: all
+    probe_folds: int = 5  # at most; fewer when a class has fewer cases
+    max_tiles_per_class: int | None = None  # per class (smoke runs); None: all held-out tiles
     batch_infer: int = 32
+    modes: list[str] = field(default_factory=lambda: ["native", "upsample"])  # students to train and probe
+    align: dict = field(default_factory=dict)  # other AlignConfig fields (ablations: augment, taps, ...)
 
 
-def ensure_students(cfg: ProbeConfig, progress: bool = True) -> dict[str, Path]:
+def ensure_students(cfg: ProbeConfig, progress: bool = True, runs: Path | None = None) -> dict[str, Path]:
     """The native and upsample students of this configuration (trained once, cached under runs/)."""
     return {mode: ensure_student(cfg.teacher, cfg.mag, mode, cfg.train_tiles,
                                  cfg.epochs_native if mode == "native" else cfg.epochs_upsample,
-                                 cfg.batch_size, cfg.seed, cfg.max_train_tiles, progress=progress)
-            for mode in ("native", "upsample")}
+                                 cfg.batch_size, cfg.seed, cfg.max_train_tiles, progress=progress,
+                                 tile_mpp=cfg.tile_mpp, runs=runs, **cfg.align)
+            for mode in cfg.modes}
 
 
 def feature_kinds(mag: float) -> dict[str, str]:
     m = f"{mag:g}x"
     return {
-        "teacher_20x": "teacher on the 20x tile (256 px)",
-        f"teacher_{m}": f"teacher on the {m} view at its size (64 px at 5x), no MAGA",
-        f"teacher_{m}_upsampled": f"teacher on the {m} view resized back to 256 px, no MAGA",
+        "teacher_20x": "teacher on the 20x tile",
+        f"teacher_{m}": f"teacher on the {m} view at its size, no MAGA",
+        f"teacher_{m}_upsampled": f"teacher on the {m} view resized back to the 20x size, no MAGA",
         f"maga_{m}_native": f"MAGA student (native) on the {m} view",
-        f"maga_{m}_upsample": f"MAGA student (upsample) on the {m} view resized to 256 px",
+        f"maga_{m}_upsample": f"MAGA student (upsample) on the {m} view resized to the 20x size",
     }
 
 
 def _task_tiles(dataset: str, cfg: ProbeConfig):
+    """The held-out (test split) tiles of the two classes."""
     from maga_core.data.tiles import tile_table
 
     table = tile_table(dataset)
-    table = table[table["class"].isin(CLASSES)].reset_index(drop=True)
+    table = table[(table["split"] == "test") & table["class"].isin(CLASSES)].reset_index(drop=True)
     if cfg.max_tiles_per_class is not None:
-        keep = [i for _, g in table.groupby(["split", "class"])
+        keep = [i for _, g in table.groupby("class")
                 for i in g.sample(min(len(g), cfg.max_tiles_per_class), random_state=cfg.seed).index]
         table = table.loc[sorted(keep)].reset_index(drop=True)
     return table
@@ -104,24 +109,41 @@ def encode(encoder, prepare, patches: np.ndarray, batch: int = 32) -> np.ndarray
 
 
 def compute_features(cfg: ProbeConfig, teacher, students: dict, high: np.ndarray, low: np.ndarray) -> dict:
+    from maga_core.maga.train import AlignConfig, make_pipeline
+
     m = f"{cfg.mag:g}x"
-    up = students["upsample"].prepare
-    return {
+    up = make_pipeline(AlignConfig(teacher=cfg.teacher, mag=cfg.mag, mode="upsample"), teacher.spec)
+    feats = {
         "teacher_20x": encode(teacher, teacher.transform, high, cfg.batch_infer),
         f"teacher_{m}": encode(teacher, teacher.transform, low, cfg.batch_infer),
-        f"teacher_{m}_upsampled": encode(teacher, up, low, cfg.batch_infer),  # same resize as the student
-        f"maga_{m}_native": encode(students["native"], students["native"].prepare, low, cfg.batch_infer),
-        f"maga_{m}_upsample": encode(students["upsample"], up, low, cfg.batch_infer),
+        f"teacher_{m}_upsampled": encode(teacher, up, low, cfg.batch_infer),  # the upsample student's resize
     }
+    feats.update({f"maga_{m}_{mode}": encode(s, s.prepare, low, cfg.batch_infer) for mode, s in students.items()})
+    return feats
 
 
-def probe_scores(x_train, y_train, x_test, c: float) -> np.ndarray:
+def probe_folds(y: np.ndarray, groups: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified folds that keep each case (group) whole; as many as the rarer class has cases."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    per_class = min(len(set(groups[y == c])) for c in (0, 1))
+    k = min(n_folds, per_class)
+    if k < 2:
+        raise ValueError(f"need at least 2 cases per class for a cross-validated probe, got {per_class}")
+    return list(StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(y, y, groups))
+
+
+def probe_scores(x: np.ndarray, y: np.ndarray, folds, c: float) -> np.ndarray:
+    """Out-of-fold positive-class probabilities of a standardised L2 logistic regression."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
-    return model.fit(x_train, y_train).predict_proba(x_test)[:, 1]
+    out = np.zeros(len(y))
+    for tr, te in folds:
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+        out[te] = model.fit(x[tr], y[tr]).predict_proba(x[te])[:, 1]
+    return out
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -130,94 +152,115 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1)
 
 
-def mean_ci(values: np.ndarray, n_boot: int, seed: int) -> dict[str, float]:
-    rng = np.random.default_rng(seed)
-    boots = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
-    lo, hi = np.quantile(boots, [0.025, 0.975])
-    return {"mean": float(values.mean()), "ci_low": float(lo), "ci_high": float(hi),
-            "median": float(np.median(values))}
+def _interval(point: float, samples: np.ndarray) -> dict[str, float]:
+    lo, hi = np.nanquantile(samples, [0.025, 0.975])
+    return {"value": float(point), "ci_low": float(lo), "ci_high": float(hi)}
 
 
-def evaluate_task(cfg: ProbeConfig, feats: dict[str, np.ndarray], y: np.ndarray, split: np.ndarray) -> tuple[dict, dict]:
-    """Probe AUCs, DeLong tests and cosine similarities of one task; also the per-tile arrays."""
+def recovered_fraction(student: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """(student - low) / (high - low): 1 = the whole 20x-vs-5x gap recovered; NaN where there is no gap."""
+    gap = high - low
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(gap > 0, (student - low) / gap, np.nan)
+
+
+def evaluate_task(cfg: ProbeConfig, feats: dict[str, np.ndarray], y: np.ndarray, groups: np.ndarray
+                  ) -> tuple[dict, dict]:
+    """Probe AUCs, recovered fractions, clustered DeLong tests and cosine similarities of one task; also
+    the per-tile arrays."""
     from maga_core import stats
 
-    tr, te = split == "train", split == "test"
     m = f"{cfg.mag:g}x"
-    probe, scores = {}, {}
+    folds = probe_folds(y, groups, cfg.probe_folds, cfg.seed)
+    counts = stats.cluster_counts(y, groups, cfg.n_boot, cfg.seed)  # one set of replicates for every kind
+    scores, aucs, samples = {}, {}, {}
     for kind, x in feats.items():
-        scores[kind] = probe_scores(x[tr], y[tr], x[te], cfg.probe_c)
-        boot = stats.bootstrap_metrics(y[te], scores[kind], n_boot=cfg.n_boot, seed=cfg.seed)["metrics"]
-        probe[kind] = {"auc": boot["auc"]["value"], "ci_low": boot["auc"]["ci_low"],
-                       "ci_high": boot["auc"]["ci_high"], "accuracy": boot["accuracy"]["value"]}
-    comparisons = [(f"maga_{m}_native", f"teacher_{m}"), (f"maga_{m}_upsample", f"teacher_{m}_upsampled"),
-                   (f"maga_{m}_native", "teacher_20x"), (f"maga_{m}_upsample", "teacher_20x")]
+        scores[kind] = probe_scores(x, y, folds, cfg.probe_c)
+        p = np.stack([1 - scores[kind], scores[kind]], axis=1)
+        aucs[kind] = stats.auc(y, p)
+        samples[kind] = stats.metrics_of_counts(y, p, counts)["auc"]
+    probe = {k: {"auc": aucs[k], **{f"ci_{e}": v for e, v in zip(("low", "high"),
+                                                                   np.nanquantile(samples[k], [0.025, 0.975]))}}
+             for k in feats}
+    low_kinds = {k: v for k, v in {f"maga_{m}_native": f"teacher_{m}",
+                                   f"maga_{m}_upsample": f"teacher_{m}_upsampled"}.items() if k in feats}
+    recovered = {}
+    for student, low in low_kinds.items():
+        point = recovered_fraction(np.array(aucs[student]), np.array(aucs[low]), np.array(aucs["teacher_20x"]))
+        recovered[student] = {
+            "vs": low, **_interval(float(point), recovered_fraction(samples[student], samples[low],
+                                                                     samples["teacher_20x"]))}
     delong = []
-    for a, b in comparisons:
-        r = stats.delong_test(y[te], scores[a], scores[b])
+    for a, b in [*low_kinds.items(), *((k, "teacher_20x") for k in low_kinds)]:
+        r = stats.delong_test(y, scores[a], scores[b], groups=groups)
         delong.append({"a": a, "b": b, "auc_a": r.auc_a, "auc_b": r.auc_b, "diff": r.auc_a - r.auc_b,
                        "p_value": r.p_value})
     ref = feats["teacher_20x"]
-    centre = ref[tr].mean(axis=0)
+    centre = ref.mean(axis=0)
+    weights = counts / counts.sum(axis=1, keepdims=True)
     cos, cos_c, per_tile = {}, {}, {}
     for kind, x in feats.items():
         if kind == "teacher_20x":
             continue
-        raw, cen = cosine(x[te], ref[te]), cosine(x[te] - centre, ref[te] - centre)
-        cos[kind], cos_c[kind] = mean_ci(raw, cfg.n_boot, cfg.seed), mean_ci(cen, cfg.n_boot, cfg.seed)
+        raw, cen = cosine(x, ref), cosine(x - centre, ref - centre)
+        cos[kind] = _interval(raw.mean(), weights @ raw)
+        cos_c[kind] = _interval(cen.mean(), weights @ cen)
         per_tile[f"cos/{kind}"], per_tile[f"cos_centered/{kind}"] = raw, cen
     per_tile.update({f"score/{k}": v for k, v in scores.items()})
-    summary = {"n_train": int(tr.sum()), "n_test": int(te.sum()),
-               "n_test_per_class": {c: int((y[te] == i).sum()) for i, c in enumerate(CLASSES)},
-               "probe": probe, "delong": delong, "cosine_to_20x": cos, "cosine_centered_to_20x": cos_c}
+    summary = {"n_test": len(y), "n_cases": len(set(groups)), "probe_folds": len(folds),
+               "n_test_per_class": {c: int((y == i).sum()) for i, c in enumerate(CLASSES)},
+               "probe": probe, "recovered": recovered, "delong": delong,
+               "cosine_to_20x": cos, "cosine_centered_to_20x": cos_c}
     return summary, per_tile
 
 
 def run_probe_study(cfg: ProbeConfig | None = None, out_dir: str | Path | None = None, force: bool = False,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, runs: Path | None = None) -> dict:
     """Train (or reuse) the students, compute features, write results.json + config.json + features.npz.
 
-    An existing results.json made with the same configuration is returned without recomputation."""
+    An existing results.json made with the same configuration and students is returned without
+    recomputation."""
     from maga_core.encoders import build
     from maga_core.presets import runs_dir
 
     cfg = cfg or ProbeConfig()
     out = Path(out_dir) if out_dir else runs_dir() / "maga_probe"
     results_path = out / "results.json"
+    t0 = time.perf_counter()
+    paths = ensure_students(cfg, progress, runs)
+    students = {mode: load_student(p) for mode, p in paths.items()}
     if results_path.is_file() and not force:
         saved = json.loads(results_path.read_text())
-        if saved.get("config") == to_jsonable(cfg):
+        if saved.get("config") == to_jsonable(cfg) and all(
+                saved["students"][m]["sha256"] == s.sha256 for m, s in students.items()):
             return saved
-    t0 = time.perf_counter()
-    paths = ensure_students(cfg, progress)
-    students = {mode: load_student(p) for mode, p in paths.items()}
     teacher = build(cfg.teacher).eval()
-    high_px = students["native"].prepare.teacher_px
 
     results = {"config": to_jsonable(cfg), "kinds": feature_kinds(cfg.mag), "assumptions": ASSUMPTIONS,
                "students": {mode: {"checkpoint": str(p), "sha256": students[mode].sha256,
+                                   "align_config": students[mode].config,
                                    "epochs": len(students[mode].history),
                                    "final_loss": students[mode].history[-1]["loss"],
-                                   "train_seconds": sum(h["seconds"] for h in students[mode].history),
+                                   "train_seconds": round(sum(h["seconds"] for h in students[mode].history), 1),
                                    "teacher": students[mode].teacher}
                             for mode, p in paths.items()},
                "tasks": {}}
     arrays = {}
     for task, dataset in TASKS.items():
         table = _task_tiles(dataset, cfg)
-        high = np.stack([resize_patch(read_tile(p), high_px) for p in
-                         tqdm(table["path"], desc=f"read {task}", disable=not progress, leave=False)])
-        low = np.stack([low_mag_view(h, 20.0, cfg.mag) for h in high])
+        tiles = [read_tile(p) for p in tqdm(table["path"], desc=f"read {task}", disable=not progress, leave=False)]
+        high = np.stack([view_at_mag(t, cfg.tile_mpp, 20.0) for t in tiles])
+        low = np.stack([view_at_mag(t, cfg.tile_mpp, cfg.mag) for t in tiles])
         feats = compute_features(cfg, teacher, students, high, low)
         y = (table["class"] == CLASSES[1]).to_numpy().astype(int)
-        split = table["split"].to_numpy()
-        summary, per_tile = evaluate_task(cfg, feats, y, split)
-        results["tasks"][task] = {"dataset": dataset, **summary}
+        groups = table["group"].to_numpy().astype(str)
+        summary, per_tile = evaluate_task(cfg, feats, y, groups)
+        results["tasks"][task] = {"dataset": dataset, "px": {"20x": high.shape[1], f"{cfg.mag:g}x": low.shape[1]},
+                                  **summary}
         arrays.update({f"{task}/features/{k}": v for k, v in feats.items()})
         arrays.update({f"{task}/{k}": v for k, v in per_tile.items()})
-        arrays.update({f"{task}/label": y, f"{task}/split": split.astype(str),
-                       f"{task}/path": table["relpath"].to_numpy().astype(str),
-                       f"{task}/group": table["group"].to_numpy().astype(str)})
+        arrays.update({f"{task}/label": y, f"{task}/group": groups,
+                       f"{task}/path": table["relpath"].to_numpy().astype(str)})
     results["seconds"] = round(time.perf_counter() - t0, 1)
     with atomic_path(out / "features.npz") as tmp:
         with open(tmp, "wb") as fh:

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from maga_core.encoders.base import Encoder, Normalize, load_torch_file
 from maga_core.encoders.registry import build, file_sha256
 from maga_core.errors import MagaError
-from maga_core.maga.views import resize_patch
 
 MODES = ("native", "upsample")
 CHECKPOINT_FORMAT = "maga-student/1"
@@ -26,8 +25,10 @@ CHECKPOINT_FORMAT = "maga-student/1"
 class InputPipeline:
     """uint8 patches at the student's magnification -> the student's normalized input batch.
 
-    native: the patch itself (input_px, e.g. 64 px at 5x). upsample: the patch resized back to the
-    teacher's input size (teacher_px) with `interp`, so the network runs at full cost."""
+    native: the patch as read (64 px for a 256 px 20x patch at 5x; 56 px for a 224 px one).
+    upsample: the patch resized back by teacher_px / input_px (the magnification ratio) with `interp`, so
+    the network runs at the teacher's cost. `input_px` / `teacher_px` are the nominal sizes of the 128 um
+    square; patches of other sizes are never resampled here (the views already are what training saw)."""
 
     mode: str
     input_px: int
@@ -45,22 +46,18 @@ class InputPipeline:
         return self.input_px if self.mode == "native" else self.teacher_px
 
     def __call__(self, patches) -> torch.Tensor:
-        """patches: uint8 [B,h,w,3] (array, tensor or list of HxWx3). Patches not at input_px are first
-        area-resampled to it (what the training views are)."""
+        """patches: uint8 [B,h,w,3] (array, tensor or list of same-size HxWx3)."""
         if isinstance(patches, torch.Tensor):
             patches = patches.numpy()
-        if isinstance(patches, np.ndarray) and patches.ndim == 4 and patches.shape[1:3] == (self.input_px,) * 2:
-            batch = patches
-        else:
-            batch = np.stack([resize_patch(np.asarray(p), self.input_px) for p in patches])
-        if batch.dtype != np.uint8:
-            raise TypeError(f"expected uint8 patches, got {batch.dtype}")
-        norm = Normalize(self.mean, self.std)
+        batch = patches if isinstance(patches, np.ndarray) else np.stack([np.asarray(p) for p in patches])
+        if batch.dtype != np.uint8 or batch.ndim != 4:
+            raise TypeError(f"expected uint8 [B,h,w,3] patches, got {batch.dtype} {batch.shape}")
         x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)
         if self.mode == "upsample":
-            x = F.interpolate(x, size=(self.teacher_px, self.teacher_px), mode=self.interp,
+            size = [round(s * self.teacher_px / self.input_px) for s in x.shape[-2:]]
+            x = F.interpolate(x, size=size, mode=self.interp,
                               align_corners=False if self.interp in ("bilinear", "bicubic") else None)
-        return norm.normalize(x)
+        return Normalize(self.mean, self.std).normalize(x)
 
 
 def load_student(ckpt: str | Path) -> Encoder:

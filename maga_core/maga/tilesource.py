@@ -46,6 +46,28 @@ def resolve_tiles(sources: list[str] | tuple[str, ...], max_tiles: int | None = 
     return paths
 
 
+def tiles_mpp(sources: list[str] | tuple[str, ...], override: float | None = None) -> float:
+    """The tiles' microns per pixel: `override` (--mpp) if given, else the `mpp` every tile dataset's
+    manifest documents. A folder, or a dataset without a documented MPP, needs the override."""
+    from maga_core.data import manifests
+
+    if override is not None:
+        if not override > 0:
+            raise MagaError(f"--mpp must be positive, got {override}")
+        return float(override)
+    found = set()
+    for source in sources:
+        dataset = str(source).partition(":")[0]
+        mpp = manifests.load(dataset).info.get("mpp") if dataset in manifests.names() else None
+        if not mpp:
+            raise MagaError("tiles of unknown microns per pixel; pass --mpp (e.g. 0.5 for 20x tiles)", source)
+        found.add(float(mpp))
+    if len(found) != 1:
+        raise MagaError(f"tile sources have different MPPs {sorted(found)}; train on one scale at a time",
+                        ", ".join(sources))
+    return found.pop()
+
+
 def read_tile(path: str | Path) -> np.ndarray:
     """uint8 HxWx3 of an image tile; unreadable or non-square files are one-line errors naming them."""
     try:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -30,11 +31,17 @@ from maga_core.encoders import build
 from maga_core.errors import MagaError
 from maga_core.maga.loss import MagaLoss, match_teacher, resolve_weights
 from maga_core.maga.student import CHECKPOINT_FORMAT, InputPipeline, pipeline_dict
-from maga_core.maga.tilesource import read_tile, resolve_tiles
-from maga_core.maga.views import resize_patch, view_px
+from maga_core.maga.tilesource import read_tile, resolve_tiles, tiles_mpp
+from maga_core.maga.views import view_at_mag
+from maga_core.slides import patch_px_for_mag
 
 # Fields that may differ between an interrupted run and its resumption.
 _RESUMABLE_DIFFERENCES = {"epochs", "num_workers", "teacher_cache_mb"}
+
+
+# Augmentations that map a square view onto itself: the teacher's targets are computed for every
+# transform of the 20x view once, and the student sees the same transform of its 5x view.
+AUGMENTS = {"none": ((False, False),), "flips": ((False, False), (True, False), (False, True), (True, True))}
 
 
 @dataclass
@@ -42,10 +49,10 @@ class AlignConfig:
     teacher: str = "efficientnet_lite0"
     teacher_weights: str | None = None  # None: the registry's default source
     mag: float = 5.0  # the student's magnification
-    mode: str = "native"  # "native" (student sees input_px) or "upsample" (resized back to high_px)
-    high_mag: float = 20.0  # magnification of the tiles as given to the teacher
-    high_px: int = 256  # the teacher's input: 256 px at 20x (tiles of another size are resampled to it)
+    mode: str = "native"  # "native" (student sees the patch at its size) or "upsample" (resized to the teacher's)
+    high_mag: float = 20.0  # the teacher's magnification
     tiles: list[str] = field(default_factory=list)  # folders or "dataset[:split]" (see tilesource)
+    tile_mpp: float | None = None  # the tiles' um/px; None: from the datasets' manifests
     max_tiles: int | None = None
     epochs: int = 15
     batch_size: int = 32
@@ -54,10 +61,11 @@ class AlignConfig:
     seed: int = 512
     taps: list[str] | None = None  # None: the encoder's default taps
     tap_weights: list[float] | None = None  # None: upstream [1, 5, 10] in tap order
-    pooled_weight: float = 200.0
+    pooled_weight: float | None = None  # None: the encoder's default
+    augment: str = "flips"
     upsample_interp: str = "bilinear"
     num_workers: int = 0
-    teacher_cache_mb: int = 512  # keep the teacher's (pooled) targets in memory when they fit
+    teacher_cache_mb: int = 1024  # keep the teacher's (pooled) targets in memory when they fit
 
     def validate(self) -> None:
         if self.mode not in ("native", "upsample"):
@@ -66,65 +74,120 @@ class AlignConfig:
             raise MagaError(f"student magnification {self.mag} must be below the teacher's {self.high_mag}")
         if self.epochs < 1 or self.batch_size < 1:
             raise MagaError("epochs and batch size must be positive")
-        try:
-            view_px(self.high_px, self.high_mag, self.mag)
-        except ValueError as exc:
-            raise MagaError(str(exc)) from None
+        if self.augment not in AUGMENTS:
+            raise MagaError(f"augment must be one of {', '.join(AUGMENTS)}, not {self.augment!r}")
+
+
+def _flip(view: np.ndarray, flips: tuple[bool, bool]) -> np.ndarray:
+    if flips[0]:
+        view = view[:, ::-1]
+    if flips[1]:
+        view = view[::-1]
+    return np.ascontiguousarray(view)
 
 
 class TileViews(Dataset):
-    """(high-mag view at high_px, low-mag view at the student's px), both uint8, from tile images."""
+    """(index, 20x view, low-magnification view) of tile images, both uint8, made by `views.view_at_mag`
+    exactly as `maga extract` views a tile folder. Tiles of one size give views of one size."""
 
-    def __init__(self, paths: list[Path], high_px: int, low_px: int):
-        self.paths, self.high_px, self.low_px = list(paths), high_px, low_px
+    def __init__(self, paths: list[Path], tile_mpp: float, high_mag: float, mag: float,
+                 transforms: tuple[tuple[bool, bool], ...] = AUGMENTS["none"]):
+        self.paths, self.tile_mpp, self.high_mag, self.mag = list(paths), tile_mpp, high_mag, mag
+        self.transforms = transforms
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
-        high = resize_patch(read_tile(self.paths[i]), self.high_px)
-        return i, torch.from_numpy(high.copy()), torch.from_numpy(resize_patch(high, self.low_px).copy())
+    def views(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        tile = read_tile(self.paths[i])
+        return view_at_mag(tile, self.tile_mpp, self.high_mag), view_at_mag(tile, self.tile_mpp, self.mag)
+
+    def __getitem__(self, item: tuple[int, int]):
+        i, t = item
+        high, low = self.views(i)
+        flips = self.transforms[t]
+        return i, t, torch.from_numpy(_flip(high, flips)), torch.from_numpy(_flip(low, flips))
+
+
+def tile_sizes(paths: list[Path]) -> list[int]:
+    """Edge length of each (square) tile, read from the image header."""
+    from PIL import Image
+
+    sizes = []
+    for p in paths:
+        with Image.open(p) as im:
+            sizes.append(im.size[0])
+    return sizes
+
+
+def same_size_batches(sizes: list[int], batch_size: int, n_transforms: int, generator: torch.Generator
+                      ) -> list[list[tuple[int, int]]]:
+    """Shuffled batches of (tile, transform) whose tiles share one size (views of one size stack)."""
+    batches = []
+    for size in sorted(set(sizes)):
+        idx = torch.tensor([i for i, s in enumerate(sizes) if s == size])
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        t = torch.randint(n_transforms, (len(idx),), generator=generator)
+        pairs = list(zip(idx.tolist(), t.tolist()))
+        batches += [pairs[k:k + batch_size] for k in range(0, len(pairs), batch_size)]
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[k] for k in order]
+
+
+def _collate(items):
+    idx, t, high, low = zip(*items)
+    return torch.tensor(idx), torch.tensor(t), torch.stack(high), torch.stack(low)
 
 
 class TeacherTargets:
-    """The frozen teacher's targets for each tile, already pooled to the student's map sizes.
+    """The frozen teacher's targets for each (tile, transform), pooled to the student's map sizes.
 
-    The teacher never changes and there is no augmentation, so its outputs are computed once, in tile
-    order with a fixed batch size (bit-identical across interrupted and resumed runs), when they fit in
-    `budget_mb`; otherwise they are computed per batch."""
+    The teacher never changes, so its outputs are computed once, per tile and transform, in a fixed order
+    (bit-identical across interrupted and resumed runs), when they fit in `budget_mb`; otherwise they are
+    computed per batch."""
 
     def __init__(self, teacher, student, pipeline: InputPipeline, data: TileViews, taps: list[str],
-                 batch_size: int, budget_mb: int, progress: bool):
-        self.teacher, self.taps = teacher, taps
-        with torch.no_grad():
-            shapes = {k: v.shape[1:] for k, v in student.taps(pipeline(
-                torch.zeros(1, pipeline.input_px, pipeline.input_px, 3, dtype=torch.uint8)), taps).items()}
-        self.shapes = shapes
-        per_tile = sum(int(torch.Size(s).numel()) for s in shapes.values()) * 4
-        self.cache = None
-        if per_tile * len(data) <= budget_mb * 2**20:
-            self.cache = {k: torch.empty(len(data), *s) for k, s in shapes.items()}
-            loader = DataLoader(data, batch_size=batch_size, shuffle=False)
-            for idx, high, _ in tqdm(loader, desc="teacher targets", disable=not progress, leave=False):
-                for k, v in self.compute(high).items():
-                    self.cache[k][idx] = v
+                 budget_mb: int, progress: bool):
+        self.teacher, self.student, self.pipeline, self.taps = teacher, student, pipeline, taps
+        self._shapes: dict[tuple[int, int], dict[str, torch.Size]] = {}
+        self.cache: dict[tuple[int, int], dict[str, torch.Tensor]] | None = None
+        high, low = data.views(0)
+        per_tile = sum(s.numel() for s in self.shapes(low.shape[:2]).values()) * 4
+        n_transforms = len(data.transforms)
+        if per_tile * len(data) * n_transforms <= budget_mb * 2**20:
+            self.cache = {}
+            items = [(i, t) for i in range(len(data)) for t in range(n_transforms)]
+            for i, t in tqdm(items, desc="teacher targets", disable=not progress, leave=False):
+                _, _, h, lo = data[(i, t)]
+                out = self.compute(h[None], lo.shape[:2])
+                self.cache[(i, t)] = {k: v[0] for k, v in out.items()}
 
-    def compute(self, high: torch.Tensor) -> dict[str, torch.Tensor]:
+    def shapes(self, low_hw) -> dict[str, torch.Size]:
+        """The student's tap shapes for a view of this size (also the teacher targets' shapes)."""
+        key = tuple(int(v) for v in low_hw)
+        if key not in self._shapes:
+            with torch.no_grad():
+                zeros = torch.zeros(1, *key, 3, dtype=torch.uint8)
+                self._shapes[key] = {k: v.shape[1:] for k, v in self.student.taps(self.pipeline(zeros), self.taps).items()}
+        return self._shapes[key]
+
+    def compute(self, high: torch.Tensor, low_hw) -> dict[str, torch.Tensor]:
+        shapes = self.shapes(low_hw)
         with torch.no_grad():
             x = self.teacher.transform(high).contiguous(memory_format=torch.channels_last)
             out = self.teacher.taps(x, self.taps)
-            return {k: match_teacher(out[k], torch.empty(1, *self.shapes[k])).contiguous() for k in self.taps}
+            return {k: match_teacher(out[k], torch.empty(1, *shapes[k])).contiguous() for k in self.taps}
 
-    def __call__(self, idx: torch.Tensor, high: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(self, idx: torch.Tensor, t: torch.Tensor, high: torch.Tensor, low: torch.Tensor):
         if self.cache is None:
-            return self.compute(high)
-        return {k: v[idx] for k, v in self.cache.items()}
+            return self.compute(high, low.shape[1:3])
+        rows = [self.cache[(int(i), int(j))] for i, j in zip(idx, t)]
+        return {k: torch.stack([r[k] for r in rows]) for k in self.taps}
 
 
 def make_pipeline(cfg: AlignConfig, spec) -> InputPipeline:
-    return InputPipeline(mode=cfg.mode, input_px=view_px(cfg.high_px, cfg.high_mag, cfg.mag),
-                         teacher_px=cfg.high_px, mean=tuple(spec.mean), std=tuple(spec.std),
-                         interp=cfg.upsample_interp)
+    return InputPipeline(mode=cfg.mode, input_px=patch_px_for_mag(cfg.mag), teacher_px=patch_px_for_mag(cfg.high_mag),
+                         mean=tuple(spec.mean), std=tuple(spec.std), interp=cfg.upsample_interp)
 
 
 def _usable_tiles(paths: list[Path]) -> tuple[list[Path], list[str]]:
@@ -179,6 +242,7 @@ def train(cfg: AlignConfig, out: str | Path, progress: bool = True,
         if saved["epoch"] >= cfg.epochs:
             return out
 
+    tile_mpp = tiles_mpp(cfg.tiles, cfg.tile_mpp)
     paths, skipped = _usable_tiles(resolve_tiles(cfg.tiles, cfg.max_tiles, cfg.seed))
     if len(paths) < 2:
         raise MagaError(f"need at least 2 readable tiles, found {len(paths)}", ", ".join(cfg.tiles))
@@ -196,7 +260,8 @@ def train(cfg: AlignConfig, out: str | Path, progress: bool = True,
     loss_fn = MagaLoss(weights)
     taps = loss_fn.taps
 
-    data = TileViews(paths, cfg.high_px, pipeline.input_px)
+    data = TileViews(paths, tile_mpp, cfg.high_mag, cfg.mag, AUGMENTS[cfg.augment])
+    sizes = tile_sizes(paths)
 
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: cfg.lr_decay ** e)
@@ -211,17 +276,18 @@ def train(cfg: AlignConfig, out: str | Path, progress: bool = True,
         history, start = list(saved["history"]), int(saved["epoch"])
 
     save_config(cfg, out.parent, name=out.stem + ".config.json")
-    targets = TeacherTargets(teacher, student, pipeline, data, taps, cfg.batch_size, cfg.teacher_cache_mb, progress)
+    targets = TeacherTargets(teacher, student, pipeline, data, taps, cfg.teacher_cache_mb, progress)
     for epoch in range(start, cfg.epochs):
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed * 1009 + epoch))
-        loader = DataLoader(data, batch_size=cfg.batch_size, sampler=order.tolist(), num_workers=cfg.num_workers)
+        batches = same_size_batches(sizes, cfg.batch_size, len(data.transforms),
+                                    torch.Generator().manual_seed(cfg.seed * 1009 + epoch))
+        loader = DataLoader(data, batch_sampler=batches, collate_fn=_collate, num_workers=cfg.num_workers)
         lr = optimizer.param_groups[0]["lr"]
         sums = {"loss": 0.0, **{t: 0.0 for t in taps}}
         t0 = time.perf_counter()
         bar = tqdm(loader, desc=f"MAGA {cfg.mode} {cfg.mag:g}x epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, leave=False)
-        for idx, high, low in bar:
-            loss, parts = loss_fn(student.taps(pipeline(low), taps), targets(idx, high))
+        for idx, t, high, low in bar:
+            loss, parts = loss_fn(student.taps(pipeline(low), taps), targets(idx, t, high, low))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -259,11 +325,10 @@ def save_summary(students: dict[str, Any]) -> Path:
 
     first = next(iter(students.values()))
     cfg = first.config
-    high_px = int(cfg["high_px"])
     taps = ", ".join(f"{t} x{w:g}" for t, w in first.loss_weights.items())
     tiles = "; ".join(f"{mode}: {s.n_tiles} tiles, {len(s.history)} epochs" for mode, s in students.items())
     figures = {"maga_training": {
-        "patch_px": {f"x{m}": round(high_px * m / cfg["high_mag"]) for m in (20, 10, 5)},
+        "patch_px": {f"x{m}": patch_px_for_mag(m) for m in (20, 10, 5)},
         "optimizer": {"name": "adam", "lr": cfg["lr"], "decay": "exponential", "decay_coefficient": cfg["lr_decay"]},
         "loss": f"weighted sum over taps of L1(teacher, student): {taps} ({cfg['teacher']})"}}
     return summary.save_results(

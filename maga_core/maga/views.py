@@ -1,25 +1,22 @@
-"""Magnification views of the same tissue made from one high-magnification patch.
+"""Magnification views of tile images: the one resampling that both MAGA training and feature extraction
+of tile folders use, so a student meets at inference exactly the pixels it was trained on.
 
-Downsampling is antialiased: PIL's Lanczos filter, whose support widens with the reduction factor, the
-same filter `slides.read_patch` uses to read a 5x patch from a 20x level, so a student meets at inference
-the kind of pixels it was trained on. The result stays uint8, like pixels read from a real lower level.
-Feature extraction of tile folders reuses `resize_patch`."""
+A tile of known MPP is resampled to the MPP of a magnification (20x = 0.5 um/px, 5x = 2.0) with
+`slides.rescale`, the filter `slides.read_patch` also uses for a patch between pyramid levels. A 224 px
+tile at 0.5 um/px is the teacher's 224 px 20x view and the student's 56 px 5x view; a 256 px one gives
+256 / 64. Training and inference call `view_at_mag` on the same decoded tile, so the same bytes give the
+same view (tests/test_maga.py checks it through both code paths)."""
 
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+
+from maga_core.slides import mpp_for_mag, rescale
 
 
-def resize_patch(patch: np.ndarray, out_px: int) -> np.ndarray:
-    """uint8 HxWx3 -> uint8 out_px x out_px x3, Lanczos (antialiased when shrinking)."""
-    patch = np.asarray(patch)
-    if patch.dtype != np.uint8 or patch.ndim != 3 or patch.shape[2] != 3:
-        raise ValueError(f"expected a uint8 HxWx3 patch, got {patch.dtype} {patch.shape}")
-    h, w = patch.shape[:2]
-    if h == w == out_px:
-        return patch
-    return np.asarray(Image.fromarray(patch).resize((out_px, out_px), Image.Resampling.LANCZOS))
+def view_at_mag(tile: np.ndarray, tile_mpp: float, mag: float) -> np.ndarray:
+    """uint8 HxWx3 tile at `tile_mpp` um/px -> the same tissue at magnification `mag`."""
+    return rescale(tile, float(tile_mpp) / mpp_for_mag(mag))
 
 
 def view_px(high_px: int, high_mag: float, mag: float) -> int:
@@ -31,5 +28,5 @@ def view_px(high_px: int, high_mag: float, mag: float) -> int:
 
 
 def low_mag_view(patch: np.ndarray, high_mag: float, mag: float) -> np.ndarray:
-    """The same tissue at a lower magnification: antialiased downsampling of the high-mag patch."""
-    return resize_patch(patch, view_px(patch.shape[0], high_mag, mag))
+    """The same tissue at a lower magnification, from a patch at `high_mag`."""
+    return view_at_mag(patch, mpp_for_mag(high_mag), mag)
