@@ -40,7 +40,8 @@ def test_resolve_rejects_unknown_preset_and_notebook():
         presets.resolve("99_nothing", "smoke")
 
 
-def test_runs_folder_is_explicit_and_separates_presets(tmp_path, monkeypatch):
+def test_runs_folder_is_explicit_and_separates_presets(reference_file, tmp_path, monkeypatch):
+    reference_file("paper_results.yaml")
     monkeypatch.setenv("MAGA_RUNS_DIR", str(tmp_path))
     demo = presets.resolve("00_introduction", "demo")
     smoke = presets.resolve("00_introduction", "smoke")

@@ -1,4 +1,5 @@
-"""Regenerate maga_core/resources/data_manifests/*.yaml from a local mirror of the public files (a maintainer's tool).
+"""Regenerate maga_core/resources/data_manifests/*.yaml from a local mirror of the public files
+(a maintainer's tool).
 
 usage: python tools/build_manifests.py MIRROR_DATA_DIR REFERENCE_DIR
 Hashes every file, takes labels from the mirror's label tables, and adds each file's public address.
