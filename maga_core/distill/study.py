@@ -287,7 +287,7 @@ def study_config(P: dict) -> StudyConfig:
 
 def ensure_study(P: dict, progress: bool = True) -> dict:
     """The chapter's study under P["runs"]/distill (computed once, then read back)."""
-    return run_study(study_config(P), P["runs"] / "distill", progress=progress)
+    return run_study(study_config(P), Path(P["runs"]) / "distill", progress=progress)
 
 
 def _vs(a: float, b: float) -> str:
