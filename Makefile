@@ -3,20 +3,24 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 PRESET ?= demo
-# ../shared/data is the local mirror of the public data files (see data_manifests/).
+# ../shared/data is the local mirror of the public data files (see maga_core/resources/data_manifests/).
 export MAGA_DATA_DIR ?= $(abspath ../shared/data)
 export MAGA_REFERENCE_DIR ?= $(abspath ../shared/reference)
+WHEEL_VENV ?= /tmp/maga-wheel-check
+TORCH := torch==2.13.0 torchvision==0.28.0
+# $(call install_torch,PIP): the matched PyPI pair; --isolated ignores PIP_FIND_LINKS, whose CPU-only torch
+# wheel has no torchvision to pair with.
+install_torch = $(1) install --isolated --cert /etc/ssl/certs/ca-certificates.crt -q $(TORCH) || \
+  $(1) install --isolated -q $(TORCH)
 
-.PHONY: install book test clean-book
+.PHONY: install book test wheel-check clean-book
 
 install: $(VENV)/.installed
 
 # torch and torchvision are installed first as the matched PyPI pair (their compiled operators load).
-# --isolated ignores PIP_FIND_LINKS, whose CPU-only torch wheel has no torchvision to pair with.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --isolated --cert /etc/ssl/certs/ca-certificates.crt -q torch==2.13.0 torchvision==0.28.0 || \
-	  $(BIN)/pip install --isolated -q torch==2.13.0 torchvision==0.28.0
+	$(call install_torch,$(BIN)/pip)
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/python -m ipykernel install --prefix $(abspath $(VENV)) --name python3 > /dev/null
 	touch $@
@@ -26,6 +30,21 @@ book: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The package outside a checkout: build the wheel, install it (not editable) into a clean venv under /tmp,
+# then run `maga doctor` and `maga info` on a real slide from there, the data and reference folders found
+# through a user config file instead of the variables above (tools/wheel_check.sh). pip's cache makes
+# reruns fast. CI runs it after `make test`.
+wheel-check:
+	rm -rf $(WHEEL_VENV) build
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(call install_torch,$(WHEEL_VENV)/bin/pip)
+	$(WHEEL_VENV)/bin/pip wheel -q --no-deps -w $(WHEEL_VENV)/dist .
+	rm -rf build
+	$(WHEEL_VENV)/bin/pip install -q $(WHEEL_VENV)/dist/maga_core-*.whl
+	printf 'data_dir: %s\nreference_dir: %s\n' '$(MAGA_DATA_DIR)' '$(MAGA_REFERENCE_DIR)' > $(WHEEL_VENV)/config.yaml
+	env -u MAGA_DATA_DIR -u MAGA_REFERENCE_DIR -u MAGA_RUNS_DIR MAGA_CONFIG=$(WHEEL_VENV)/config.yaml \
+	  bash tools/wheel_check.sh $(WHEEL_VENV)
 
 clean-book:
 	rm -rf book/_build book/chapters

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from maga_core.errors import MagaError
-from maga_core.presets import PRESET_NAMES, REPO_ROOT
+from maga_core.presets import PRESET_NAMES
 
+# The book builds from a source checkout: its notebooks and book/ folder are not part of the wheel.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 BOOK_DIR = REPO_ROOT / "book"
 CHAPTERS_DIR = BOOK_DIR / "chapters"
@@ -220,7 +222,7 @@ def _write_atomic(path: Path, text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m maga_core.book", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=PRESET_NAMES, default="demo",
-                        help="notebooks/presets.yaml preset injected into every chapter (default: demo)")
+                        help="preset (maga_core/resources/presets.yaml) injected into every chapter (default: demo)")
     parser.add_argument("--only", nargs="+", metavar="NN",
                         help="execute only these chapters (numbers or stems); others executed earlier "
                              "with the same preset stay in the book")

@@ -56,7 +56,8 @@ def collect(path: str | Path, encoder: str, student: str | Path | None = None, m
     """Read a slide's aligned 20x/5x patches (a seeded subset of at most `max_patches`) and embed them
     with `encoder` at 20x and 5x and, given a MAGA student checkpoint, with the student at 5x."""
     from maga_core.extract import embed, load_model
-    from maga_core.slides import TissueConfig, aligned_grid, detect_tissue, open_slide, read_patch, square_side
+    from maga_core.slides import (TissueConfig, aligned_grid, detect_tissue, level0_square_side, open_slide,
+                                   read_patch)
 
     with open_slide(path, mpp=mpp) as reader:
         tissue = detect_tissue(reader, TissueConfig(thumb_px=thumb_px))
@@ -64,7 +65,7 @@ def collect(path: str | Path, encoder: str, student: str | Path | None = None, m
         if len(coords) > max_patches:
             keep = np.sort(np.random.default_rng(seed).choice(len(coords), max_patches, replace=False))
             coords = coords[keep]
-        side = square_side(reader, (HIGH, LOW))
+        side = level0_square_side(reader, (HIGH, LOW))
         images = {f"{m:g}x": np.stack([read_patch(reader, (float(x), float(y)), m) for x, y in coords])
                   for m in (HIGH, LOW)}
         name = reader.path.name

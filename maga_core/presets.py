@@ -1,45 +1,44 @@
-"""Notebook presets (smoke / demo / full) from notebooks/presets.yaml, and the shared runs folder.
+"""Notebook presets (smoke / demo / full), shipped in the package (`maga_core/resources/presets.yaml`),
+and the runs folder of a preset.
 
 A chapter's first code cell after its `parameters` cell is `P = resolve("NN_name", preset, **overrides)`.
-resolve() also remembers the preset, so that maga_core's "ensure_..." functions called later in the same
-kernel cache their artifacts under runs/<preset>/ without every call passing the preset along.
+`P["runs"]` is the preset's runs folder; chapters pass it to every "ensure_..." function, so a library
+call writes where its caller says, never where an earlier resolve() pointed.
 """
 
 from __future__ import annotations
 
-import os
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from maga_core import locations
 from maga_core.errors import MagaError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PRESETS_FILE = REPO_ROOT / "notebooks" / "presets.yaml"
+PRESETS_FILE = files("maga_core") / "resources" / "presets.yaml"
 PRESET_NAMES = ("smoke", "demo", "full")
 
-_current_preset: str | None = None
 
-
-def load_table(path: Path = PRESETS_FILE) -> dict[str, Any]:
+def load_table() -> dict[str, Any]:
     """The whole presets file; a malformed file is a one-line error naming it."""
     try:
-        table = yaml.safe_load(path.read_text()) or {}
+        table = yaml.safe_load(PRESETS_FILE.read_text()) or {}
     except FileNotFoundError:
-        raise MagaError("presets file not found", path) from None
+        raise MagaError("presets file not found", PRESETS_FILE) from None
     except yaml.YAMLError as exc:
-        raise MagaError(f"not valid YAML ({str(exc).splitlines()[0]})", path) from None
+        raise MagaError(f"not valid YAML ({str(exc).splitlines()[0]})", PRESETS_FILE) from None
     if not isinstance(table, dict):
-        raise MagaError("expected a mapping of notebook stems to presets", path)
+        raise MagaError("expected a mapping of notebook stems to presets", PRESETS_FILE)
     return table
 
 
 def resolve(notebook: str, preset: str, **overrides: Any) -> dict[str, Any]:
     """Settings of one notebook under a preset; overrides that are not None win.
 
-    `common` holds values shared by every preset of a notebook; the result carries `preset` too."""
-    global _current_preset
+    `common` holds values shared by every preset of a notebook; the result carries `preset` and `runs`
+    (`runs_dir(preset)` unless overridden) too."""
     if preset not in PRESET_NAMES:
         raise MagaError(f"unknown preset {preset!r} (choose one of {', '.join(PRESET_NAMES)})", PRESETS_FILE)
     table = load_table()
@@ -51,20 +50,12 @@ def resolve(notebook: str, preset: str, **overrides: Any) -> dict[str, Any]:
     settings = {**(block.get("common") or {}), **(block.get(preset) or {})}
     settings.update({k: v for k, v in overrides.items() if v is not None})
     settings["preset"] = preset
-    _current_preset = preset
+    settings["runs"] = Path(settings.get("runs") or runs_dir(preset))
     return settings
 
 
-def current_preset() -> str | None:
-    """The preset of the latest resolve() in this process (None before any)."""
-    return _current_preset
-
-
-def runs_dir(preset: str | None = None) -> Path:
-    """Where chapters cache artifacts they share: $MAGA_RUNS_DIR (default <repo>/runs), then the preset
-    (given, else the one resolve() last saw), so smoke and demo artifacts never mix."""
-    root = Path(os.environ.get("MAGA_RUNS_DIR") or REPO_ROOT / "runs")
-    preset = preset or _current_preset
-    path = root / preset if preset else root
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def runs_dir(preset: str) -> Path:
+    """Where chapters of one preset cache the artifacts they share: the runs root
+    (`locations.runs_root()`: $MAGA_RUNS_DIR, else runs/ of the checkout, else ./runs), then the preset,
+    so smoke and demo artifacts never mix. Writers create the folders they write into."""
+    return locations.runs_root().path / preset

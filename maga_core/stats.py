@@ -12,7 +12,6 @@ import dataclasses
 import math
 
 import numpy as np
-import pandas as pd
 from scipy import stats as sps
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc_score
 
@@ -185,31 +184,3 @@ def delong_test(y_true, score_a, score_b) -> DeLongResult:
         z = diff / math.sqrt(var)
         p = float(2.0 * sps.norm.sf(abs(z)))
     return DeLongResult(float(aucs[0]), float(aucs[1]), float(math.sqrt(max(var, 0.0))), float(z), p)
-
-
-# ---------------------------------------------------------------- summaries
-
-def summarize_folds(y_true, probs, folds, n_boot: int = 500, confidence: float = 0.95,
-                    seed: int = 0) -> pd.DataFrame:
-    """Tidy table (scope, fold, metric, value, ci_low, ci_high, n) of every fold's test predictions,
-    of all folds pooled, and of the mean over folds (CI from Student's t over the fold values)."""
-    y, p = _as_arrays(y_true, probs)
-    folds = np.asarray(folds)
-    rows, per_fold = [], {m: [] for m in METRICS}
-    for i, f in enumerate(np.unique(folds)):
-        sel = folds == f
-        rep = bootstrap_metrics(y[sel], p[sel], n_boot, confidence, seed + i)
-        for m, v in rep["metrics"].items():
-            rows.append({"scope": "fold", "fold": f, "metric": m, **v, "n": int(sel.sum())})
-            per_fold[m].append(v["value"])
-    rep = bootstrap_metrics(y, p, n_boot, confidence, seed)
-    rows += [{"scope": "pooled", "fold": None, "metric": m, **v, "n": len(y)} for m, v in rep["metrics"].items()]
-    for m, vals in per_fold.items():
-        vals = np.asarray(vals, dtype=float)
-        vals = vals[~np.isnan(vals)]
-        mean = float(vals.mean()) if len(vals) else float("nan")
-        half = (sps.t.ppf(0.5 + confidence / 2, len(vals) - 1) * vals.std(ddof=1) / math.sqrt(len(vals))
-                if len(vals) > 1 else float("nan"))
-        rows.append({"scope": "mean_over_folds", "fold": None, "metric": m, "value": mean,
-                     "ci_low": mean - half, "ci_high": mean + half, "n": len(vals)})
-    return pd.DataFrame(rows)

@@ -9,7 +9,8 @@ Convention, for every chapter that reproduces a figure of the paper:
 
 `figures` uses the key paths of reference/paper_results.yaml (only those a chapter really measured);
 `notes` explain how our setting differs, keyed by a dotted prefix (the longest matching prefix wins).
-Results go to runs_dir()/results/<chapter>.json, so every preset keeps its own. A figure that no
+Results go to <runs>/results/<chapter>.json (`runs` is the preset's folder, `P["runs"]`), so every preset
+keeps its own. A figure that no
 chapter wrote is shown as "not run"; nothing is filled in.
 """
 
@@ -26,15 +27,14 @@ import yaml
 from maga_core.config import write_json
 from maga_core.data.manifests import reference_path
 from maga_core.errors import MagaError
-from maga_core.presets import current_preset, runs_dir
 
 NOT_RUN = "not run"
 # Why figures cannot run on this machine whatever a chapter does; shown beside 'not run'.
 NOT_RUN_REASONS = {
-    "tcga_nsclc_subtyping": "needs the 1,053 TCGA-NSCLC diagnostic slides (data_manifests/cohort_tcga_nsclc.yaml); "
+    "tcga_nsclc_subtyping": "needs the 1,053 TCGA-NSCLC diagnostic slides (maga_core/resources/data_manifests/cohort_tcga_nsclc.yaml); "
                             "the data mirror (MAGA_DATA_DIR) holds tiles of a few TCGA cases, not the slides",
-    "tcga_glioma_idh": "needs the 1,539 TCGA glioma slides (data_manifests/cohort_tcga_glioma.yaml); none are here",
-    "camelyon16_metastasis": "needs the 399 CAMELYON16 slides (data_manifests/cohort_camelyon16.yaml); none are here",
+    "tcga_glioma_idh": "needs the 1,539 TCGA glioma slides (maga_core/resources/data_manifests/cohort_tcga_glioma.yaml); none are here",
+    "camelyon16_metastasis": "needs the 399 CAMELYON16 slides (maga_core/resources/data_manifests/cohort_camelyon16.yaml); none are here",
     "maga_auc_increment_percent": "needs that cohort's slides; only the CAMELYON16 analogue (chapter 4) runs here",
     "histopathology_encoders_nsclc_20x": "needs the CTransPath and UNI weights (gated downloads, no network "
                                          "here) and the TCGA-NSCLC slides; the adapters exist (maga info)",
@@ -43,26 +43,27 @@ NOT_RUN_REASONS = {
 }
 
 
-def results_path(chapter: str, preset: str | None = None) -> Path:
-    return runs_dir(preset) / "results" / f"{chapter}.json"
+def results_path(chapter: str, runs: Path) -> Path:
+    return Path(runs) / "results" / f"{chapter}.json"
 
 
 def save_results(chapter: str, figures: dict[str, Any], notes: dict[str, str] | None = None,
-                 extra: dict[str, Any] | None = None, preset: str | None = None) -> Path:
-    """Write one chapter's reproduced figures (paper_results.yaml key paths), atomically."""
+                 extra: dict[str, Any] | None = None, *, runs: Path) -> Path:
+    """Write one chapter's reproduced figures (paper_results.yaml key paths) under the runs folder
+    `runs` (named after its preset), atomically."""
     unknown = [p for p, _ in _leaves(figures) if _lookup(paper_results(), p) is None]
     if unknown:
         raise MagaError(f"figures not in paper_results.yaml: {', '.join(unknown[:5])} "
                         "(put results without a paper counterpart under extra=)", chapter)
-    payload = {"chapter": chapter, "preset": preset or current_preset(),
+    payload = {"chapter": chapter, "preset": Path(runs).name,
                "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "figures": figures, "notes": notes or {}, "extra": extra or {}}
-    return write_json(payload, results_path(chapter, preset))
+    return write_json(payload, results_path(chapter, runs))
 
 
-def load_results(preset: str | None = None) -> dict[str, dict[str, Any]]:
-    """Every chapter's results under runs_dir(preset)/results, by chapter stem (sorted)."""
-    folder = runs_dir(preset) / "results"
+def load_results(runs: Path) -> dict[str, dict[str, Any]]:
+    """Every chapter's results under <runs>/results, by chapter stem (sorted)."""
+    folder = Path(runs) / "results"
     out = {}
     for path in sorted(folder.glob("*.json")):
         try:
@@ -76,12 +77,12 @@ def paper_results() -> dict[str, Any]:
     return yaml.safe_load(reference_path("paper_results.yaml").read_text())
 
 
-def comparison(preset: str | None = None) -> pd.DataFrame:
+def comparison(runs: Path) -> pd.DataFrame:
     """Every figure of paper_results.yaml next to ours: section, figure, paper, ours, ours_ci,
     difference (ours - paper where both are numbers), chapter, note. A figure that several chapters
     measured gets one row per chapter; one that none measured is "not run", with the note under the
     longest matching key of the chapters' notes and NOT_RUN_REASONS (which win ties)."""
-    ours = load_results(preset)
+    ours = load_results(runs)
     reasons = {**{k: v for r in ours.values() for k, v in r.get("notes", {}).items()}, **NOT_RUN_REASONS}
     rows = []
     for path, paper in _leaves(paper_results()):

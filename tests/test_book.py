@@ -30,7 +30,7 @@ def test_resolve_merges_common_preset_and_overrides():
     assert p["mags"] == [20, 10, 5]  # from common
     assert p["n_patches"] == 2  # None override keeps the preset's value
     assert p["thumb_px"] == 300  # a real override wins
-    assert presets.current_preset() == "smoke"
+    assert p["runs"] == presets.runs_dir("smoke")
 
 
 def test_resolve_rejects_unknown_preset_and_notebook():
@@ -40,11 +40,17 @@ def test_resolve_rejects_unknown_preset_and_notebook():
         presets.resolve("99_nothing", "smoke")
 
 
-def test_runs_dir_separates_presets(tmp_path, monkeypatch):
+def test_runs_folder_is_explicit_and_separates_presets(reference_file, tmp_path, monkeypatch):
+    reference_file("paper_results.yaml")
     monkeypatch.setenv("MAGA_RUNS_DIR", str(tmp_path))
-    assert presets.runs_dir("demo") == tmp_path / "demo"
-    presets.resolve("00_introduction", "smoke")
-    assert presets.runs_dir() == tmp_path / "smoke" and (tmp_path / "smoke").is_dir()
+    demo = presets.resolve("00_introduction", "demo")
+    smoke = presets.resolve("00_introduction", "smoke")
+    assert (demo["runs"], smoke["runs"]) == (tmp_path / "demo", tmp_path / "smoke")
+    assert presets.resolve("00_introduction", "smoke", runs=tmp_path / "mine")["runs"] == tmp_path / "mine"
+    # Resolving another preset later changes nothing for a caller that holds its runs folder.
+    summary.save_results("00_x", {}, runs=demo["runs"])
+    assert (tmp_path / "demo" / "results" / "00_x.json").is_file() and not (tmp_path / "smoke").exists()
+    assert json.loads((tmp_path / "demo" / "results" / "00_x.json").read_text())["preset"] == "demo"
 
 
 # --- chapter conventions ------------------------------------------------------------------------------
@@ -67,7 +73,7 @@ def test_chapter_follows_conventions(path):
     assert re.search(r'^preset = "demo"', params[0].source, re.M), 'the parameters cell sets preset = "demo"'
     assert any(f'resolve("{path.stem}", preset' in c.source for c in code), \
         f'a cell calls presets.resolve("{path.stem}", preset, ...)'
-    assert path.stem in presets.load_table(), f"notebooks/presets.yaml has no block {path.stem!r}"
+    assert path.stem in presets.load_table(), f"maga_core/resources/presets.yaml has no block {path.stem!r}"
 
 
 def test_committed_toc_lists_every_chapter():
@@ -157,15 +163,15 @@ def test_roc_band_brackets_the_mean():
 
 # --- results for the summary ----------------------------------------------------------------------------
 
-def test_results_are_shown_next_to_the_paper_or_not_run(reference_file, tmp_path, monkeypatch):
+def test_results_are_shown_next_to_the_paper_or_not_run(reference_file, tmp_path):
     reference_file("paper_results.yaml")
-    monkeypatch.setenv("MAGA_RUNS_DIR", str(tmp_path))
+    runs = tmp_path / "smoke"
     with pytest.raises(MagaError, match="not in paper_results.yaml: tcga_nsclc_subtyping.auc.made_up"):
-        summary.save_results("04_x", {"tcga_nsclc_subtyping": {"auc": {"made_up": 0.5}}}, preset="smoke")
+        summary.save_results("04_x", {"tcga_nsclc_subtyping": {"auc": {"made_up": 0.5}}}, runs=runs)
     summary.save_results("04_x", {"tcga_nsclc_subtyping": {"auc": {"clam_5x": {"mean": 0.7, "ci": [0.6, 0.8]}}}},
                          notes={"tcga_nsclc_subtyping": "mosaics", "tcga_nsclc_subtyping.auc": "10-fold CV"},
-                         preset="smoke")
-    table = summary.comparison("smoke")
+                         runs=runs)
+    table = summary.comparison(runs)
     row = table[(table.section == "tcga_nsclc_subtyping") & (table.figure == "auc.clam_5x")].iloc[0]
     assert (row.paper, row.ours, row.ours_ci, row.chapter, row.note) == \
         ("0.7746", "0.7", "[0.6, 0.8]", "04_x", "10-fold CV")
@@ -177,8 +183,8 @@ def test_results_are_shown_next_to_the_paper_or_not_run(reference_file, tmp_path
     assert untimed.note == summary.NOT_RUN_REASONS["tcga_nsclc_subtyping"]
     assert summary.coverage(table)["reproduced"] == 1
     # A figure measured by two chapters is shown once per chapter and counted once.
-    summary.save_results("08_y", {"tcga_nsclc_subtyping": {"auc": {"clam_5x": 0.75}}}, preset="smoke")
-    table = summary.comparison("smoke")
+    summary.save_results("08_y", {"tcga_nsclc_subtyping": {"auc": {"clam_5x": 0.75}}}, runs=runs)
+    table = summary.comparison(runs)
     rows = table[table.figure == "auc.clam_5x"]
     assert list(rows.chapter) == ["04_x", "08_y"] and list(rows.ours) == ["0.7", "0.75"]
     assert summary.coverage(table) == {"figures": 99, "reproduced": 1, "not_run": 98}
@@ -193,7 +199,7 @@ def test_results_are_shown_next_to_the_paper_or_not_run(reference_file, tmp_path
 
 @pytest.mark.notebooks
 @pytest.mark.slow
-def test_smoke_book_executes_every_chapter_with_injected_parameters(smoke_book, monkeypatch):
+def test_smoke_book_executes_every_chapter_with_injected_parameters(smoke_book):
     target, runs, html = smoke_book.book_dir, smoke_book.executed, smoke_book.html
     assert [r.stem for r in runs] == [p.stem for p in CHAPTERS]
     for path in CHAPTERS:
@@ -221,8 +227,7 @@ def test_smoke_book_executes_every_chapter_with_injected_parameters(smoke_book, 
     assert {p.stem for p in results.glob("*.json")} == {
         "01_slides_and_magnification", "02_maga_training", "04_mil_cross_validation", "06_distillation",
         "07_end_to_end", "08_telepathology"}
-    monkeypatch.setenv("MAGA_RUNS_DIR", str(target.parent / "runs"))
-    table = summary.comparison("smoke")
+    table = summary.comparison(target.parent / "runs" / "smoke")
     measured = table[table.ours != summary.NOT_RUN]
     assert set(measured.chapter) == {p.stem for p in results.glob("*.json")}
     assert {"frozen_section_telepathology", "headline", "g2l_distillation", "maga_training", "gltrans",

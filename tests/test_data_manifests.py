@@ -66,6 +66,7 @@ def served_manifest(tmp_path, monkeypatch, data_file):
     monkeypatch.setenv("MAGA_MANIFEST_DIR", str(mdir))
     monkeypatch.setenv("MAGA_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("MAGA_DATA_DIR", raising=False)
+    monkeypatch.setenv("MAGA_DOWNLOAD", "1")
     manifests.load.cache_clear()
     yield www
     server.shutdown()

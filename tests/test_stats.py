@@ -123,23 +123,6 @@ def test_stratified_resamples_keep_class_counts():
     assert (y[idx].sum(axis=1) == 3).all()
 
 
-def test_summarize_folds_table():
-    rng = np.random.default_rng(7)
-    y = np.arange(120) % 2
-    s = rng.normal(size=120) + 1.5 * y
-    folds = (np.arange(120) // 2) % 4  # both classes in every fold
-    table = stats.summarize_folds(y, s, folds, n_boot=200)
-    assert set(table["scope"]) == {"fold", "pooled", "mean_over_folds"}
-    auc = table[table.metric == "auc"]
-    fold_aucs = auc[auc.scope == "fold"]["value"].to_numpy()
-    assert len(fold_aucs) == 4
-    np.testing.assert_allclose(fold_aucs, [roc_auc_score(y[folds == f], s[folds == f]) for f in range(4)])
-    mean_row = auc[auc.scope == "mean_over_folds"].iloc[0]
-    assert mean_row["value"] == pytest.approx(fold_aucs.mean())
-    assert mean_row["ci_low"] < mean_row["value"] < mean_row["ci_high"]
-    assert auc[auc.scope == "pooled"].iloc[0]["value"] == pytest.approx(roc_auc_score(y, s))
-
-
 def test_bad_input_is_a_clear_error():
     with pytest.raises(MagaError, match="do not match"):
         stats.classification_metrics([0, 1, 1], np.zeros((2, 2)))

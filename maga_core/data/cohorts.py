@@ -1,6 +1,6 @@
 """The paper's cohorts as the upstream study split them: case ids, labels and the 10 patient-level folds.
 
-The upstream files (data_manifests/cohort_*.yaml, fetched and verified like any data) are lists of
+The upstream files (manifests cohort_*.yaml, fetched and verified like any data) are lists of
 TCGA case ids / CAMELYON16 slide names. They are turned into the two tables `maga mil` reads: labels
 (slide, label, label_name, patient) and splits (fold, slide, part). Slides are not included; users who
 hold them name their per-slide feature files by these ids (one bag per case, as upstream).

@@ -1,8 +1,11 @@
 """Data manifests: every real file the project uses, with its sha256, size, license and public address.
 
-Files are reached only through `fetch`. With `MAGA_DATA_DIR` set (the Makefile points it at the shared data folder beside the checkout),
-the local mirror is used in place after its sha256 is checked; otherwise pooch downloads the public file
-into the cache, checks the hash, and only then moves it into place, so a mismatch leaves nothing behind.
+Files are reached only through `fetch`. The local mirror (`locations.data_dir()`: `MAGA_DATA_DIR`, the
+user config file, or `../shared/data` beside the checkout) is used in place after its sha256 is checked.
+A file that is neither there nor in the cache is an error naming the variable to set, unless
+`MAGA_DOWNLOAD=1`: then pooch downloads the public file into the cache, checks the hash, and only then
+moves it into place, so a mismatch leaves nothing behind. The manifests ship inside the package
+(`maga_core/resources/data_manifests/`), so an installed wheel reads them too.
 """
 
 from __future__ import annotations
@@ -10,25 +13,32 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from maga_core import locations
 from maga_core.config import file_sha256 as sha256_of
 from maga_core.errors import MagaError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
-
-def manifest_dir() -> Path:
-    return Path(os.environ.get("MAGA_MANIFEST_DIR", REPO_ROOT / "data_manifests"))
+def manifest_dir() -> Traversable:
+    """The manifests shipped with the package; `MAGA_MANIFEST_DIR` replaces them (tests use it)."""
+    override = os.environ.get("MAGA_MANIFEST_DIR")
+    return Path(override) if override else files("maga_core") / "resources" / "data_manifests"
 
 
 def data_dir() -> Path | None:
-    """The local mirror of the public data files (env MAGA_DATA_DIR), if configured."""
-    value = os.environ.get("MAGA_DATA_DIR")
-    return Path(value) if value else None
+    """The local mirror of the public data files, if one is found (see `maga_core.locations`)."""
+    return locations.data_dir().path
+
+
+def downloads_allowed() -> bool:
+    """Downloads are opt-in (`MAGA_DOWNLOAD=1`): offline, a missing mirror is one clear error."""
+    return os.environ.get("MAGA_DOWNLOAD", "") == "1"
 
 
 def cache_dir() -> Path:
@@ -66,20 +76,20 @@ class Manifest:
     @property
     def mirror_root(self) -> Path | None:
         if self.mirror == "reference":
-            ref = os.environ.get("MAGA_REFERENCE_DIR")
-            return Path(ref) / self.info.get("subdir", "") if ref else None
+            ref = locations.reference_dir().path
+            return ref / self.info.get("subdir", "") if ref else None
         root = data_dir()
         return root / self.name if root else None
 
 
 def names() -> list[str]:
-    return sorted(p.stem for p in manifest_dir().glob("*.yaml"))
+    return sorted(p.name[: -len(".yaml")] for p in manifest_dir().iterdir() if p.name.endswith(".yaml"))
 
 
 @lru_cache(maxsize=None)
 def load(name: str) -> Manifest:
     path = manifest_dir() / f"{name}.yaml"
-    if not path.exists():
+    if not path.is_file():
         raise MagaError(f"no such data manifest (known: {', '.join(names())})", path)
     raw = yaml.safe_load(path.read_text())
     files = tuple(
@@ -108,7 +118,8 @@ def _verify(path: Path, entry: FileEntry) -> Path:
 
 
 def fetch(dataset: str, relpath: str) -> Path:
-    """Return a verified local path to one file of a dataset (mirror first, then pooch download)."""
+    """A verified local path to one file of a dataset: the mirror, else the cache, else (MAGA_DOWNLOAD=1)
+    a pooch download."""
     manifest = load(dataset)
     entry = manifest.entry(relpath)
     root = manifest.mirror_root
@@ -117,10 +128,15 @@ def fetch(dataset: str, relpath: str) -> Path:
     cached = cache_dir() / dataset / relpath
     if cached.exists():
         return _verify(cached, entry)
+    kind = locations.REFERENCE if manifest.mirror == "reference" else locations.DATA
     if entry.url is None and not manifest.info.get("archive"):
-        where = root or "MAGA_DATA_DIR"
+        where = root or kind.env
         raise MagaError(f"not found and it has no public address; place it under {where}",
                         f"{dataset}/{relpath}")
+    if not downloads_allowed():
+        found = f"not in the data mirror {root}" if root else "no data mirror found"
+        raise MagaError(f"{found}: {locations.how_to_set(kind)} (or set MAGA_DOWNLOAD=1 to download "
+                        "the public file)", f"{dataset}/{relpath}")
     return _download(manifest, entry, cached)
 
 
@@ -146,29 +162,18 @@ def _download(manifest: Manifest, entry: FileEntry, target: Path) -> Path:
     except MagaError:
         raise
     except Exception as exc:  # network or hash errors from pooch, reported in one line
-        raise MagaError(f"download failed ({type(exc).__name__}: {exc}); set MAGA_DATA_DIR to a "
-                        "local copy of the data", f"{manifest.name}/{entry.path}") from None
-
-
-def dataset_dir(dataset: str) -> Path:
-    """Fetch and verify every file of a dataset; return the folder that holds them."""
-    manifest = load(dataset)
-    paths = [fetch(dataset, f.path) for f in manifest.files]
-    if not paths:
-        raise MagaError("manifest lists no files", dataset)
-    first = manifest.files[0].path
-    return Path(str(paths[0])[: -len(first)].rstrip("/"))
+        raise MagaError(f"download failed ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}); "
+                        f"{locations.how_to_set()}", f"{manifest.name}/{entry.path}") from None
 
 
 def reference_path(relpath: str) -> Path:
-    """A file of the upstream reference material (env MAGA_REFERENCE_DIR; the Makefile sets it)."""
-    ref = os.environ.get("MAGA_REFERENCE_DIR")
-    if not ref:
-        raise MagaError("MAGA_REFERENCE_DIR is not set (point it at the reference folder, "
-                        "the Makefile sets it beside the checkout)", relpath)
-    path = Path(ref) / relpath
+    """A file of the upstream reference material (`locations.reference_dir()`)."""
+    found = locations.reference_dir()
+    if found.path is None:
+        raise MagaError(f"no reference folder found: {locations.how_to_set(locations.REFERENCE)}", relpath)
+    path = found.path / relpath
     if not path.exists():
-        raise MagaError("not found under MAGA_REFERENCE_DIR", path)
+        raise MagaError(f"not found under the reference folder ({found.source})", path)
     return path
 
 

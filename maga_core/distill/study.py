@@ -251,7 +251,7 @@ def claims(result: dict) -> pd.DataFrame:
                          for k, key in SEED_KEYS.items()]).set_index("claim")
 
 
-def save_summary(result: dict) -> Path:
+def save_summary(result: dict, runs: Path) -> Path:
     """Hand the cost figures to the reproduction summary (chapter 09), with how our setting differs."""
     from maga_core import summary
     from maga_core.encoders.base import load_torch_file
@@ -262,7 +262,7 @@ def save_summary(result: dict) -> Path:
     n_tiles = ckpt["n_tiles"]
     figures = {SEED_KEYS[k]: round(v * (100 if k == "memory_reduction" else 1), 4) for k, v in here.items()}
     return summary.save_results(
-        "06_distillation", figures={"g2l_distillation": figures},
+        "06_distillation", runs=runs, figures={"g2l_distillation": figures},
         notes={"g2l_distillation": f"{t['encoder']} (ImageNet) teacher at {t['input_px']} px, {ckpt['student_arch']} "
                                    f"student at {s['input_px']} px, distilled on {n_tiles} tiles",
                "g2l_distillation.inference_speedup": f"tiles/s at batch {t['batch_size']} on {t['device']} "
@@ -286,10 +286,8 @@ def study_config(P: dict) -> StudyConfig:
 
 
 def ensure_study(P: dict, progress: bool = True) -> dict:
-    """The chapter's study under runs_dir(preset)/distill (computed once, then read back)."""
-    from maga_core.presets import runs_dir
-
-    return run_study(study_config(P), runs_dir(P["preset"]) / "distill", progress=progress)
+    """The chapter's study under P["runs"]/distill (computed once, then read back)."""
+    return run_study(study_config(P), Path(P["runs"]) / "distill", progress=progress)
 
 
 def _vs(a: float, b: float) -> str:

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       modes=[m.strip() for m in args.modes.split(",") if m.strip()], align=align)
     with tempfile.TemporaryDirectory(prefix="maga-bench-") as tmp:
         out = Path(args.out or tmp)
-        results = run_probe_study(cfg, out_dir=out, runs=out, progress=not args.json)
+        results = run_probe_study(cfg, out, out_dir=out, progress=not args.json)
     return {"machine": machine(), "config": results["config"],
             "train_seconds": {m: s["train_seconds"] for m, s in results["students"].items()},
             "align_config": {m: s["align_config"] for m, s in results["students"].items()},

@@ -1,4 +1,4 @@
-"""Trained MAGA students shared between chapters: computed once under `presets.runs_dir()`, then reused."""
+"""Trained MAGA students shared between chapters: computed once under the runs folder given, then reused."""
 
 from __future__ import annotations
 
@@ -16,19 +16,17 @@ DEFAULT_TILE_MPP = 0.5
 _NOT_IN_KEY = {"num_workers", "teacher_cache_mb"}
 
 
-def student_path(cfg: AlignConfig, runs: Path | None = None) -> Path:
-    """runs/<preset>/maga_students/<teacher>_<mag>x_<mode>_<hash of the config>.pt"""
-    from maga_core.presets import runs_dir
-
+def student_path(cfg: AlignConfig, runs: Path) -> Path:
+    """<runs>/maga_students/<teacher>_<mag>x_<mode>_<hash of the config>.pt"""
     payload = {k: v for k, v in to_jsonable(cfg).items() if k not in _NOT_IN_KEY}
     key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
-    return (runs or runs_dir()) / "maga_students" / f"{cfg.teacher}_{cfg.mag:g}x_{cfg.mode}_{key}.pt"
+    return Path(runs) / "maga_students" / f"{cfg.teacher}_{cfg.mag:g}x_{cfg.mode}_{key}.pt"
 
 
-def ensure_student(teacher: str = "efficientnet_lite0", mag: float = 5.0, mode: str = "native",
+def ensure_student(runs: Path, teacher: str = "efficientnet_lite0", mag: float = 5.0, mode: str = "native",
                    tiles: list[str] | tuple[str, ...] = DEFAULT_TILES, epochs: int = 15, batch_size: int = 32,
                    seed: int = 512, max_tiles: int | None = None, progress: bool = True,
-                   tile_mpp: float = DEFAULT_TILE_MPP, runs: Path | None = None, **kw) -> Path:
+                   tile_mpp: float = DEFAULT_TILE_MPP, **kw) -> Path:
     """Checkpoint of the student with these settings: trained (or resumed) if absent, else reused."""
     cfg = AlignConfig(teacher=teacher, mag=float(mag), mode=mode, tiles=list(tiles), epochs=int(epochs),
                       batch_size=int(batch_size), seed=int(seed), max_tiles=max_tiles, tile_mpp=tile_mpp, **kw)

@@ -66,12 +66,12 @@ class ProbeConfig:
     align: dict = field(default_factory=dict)  # other AlignConfig fields (ablations: augment, taps, ...)
 
 
-def ensure_students(cfg: ProbeConfig, progress: bool = True, runs: Path | None = None) -> dict[str, Path]:
-    """The native and upsample students of this configuration (trained once, cached under runs/)."""
-    return {mode: ensure_student(cfg.teacher, cfg.mag, mode, cfg.train_tiles,
+def ensure_students(cfg: ProbeConfig, runs: Path, progress: bool = True) -> dict[str, Path]:
+    """The native and upsample students of this configuration (trained once, cached under `runs`)."""
+    return {mode: ensure_student(runs, cfg.teacher, cfg.mag, mode, cfg.train_tiles,
                                  cfg.epochs_native if mode == "native" else cfg.epochs_upsample,
                                  cfg.batch_size, cfg.seed, cfg.max_train_tiles, progress=progress,
-                                 tile_mpp=cfg.tile_mpp, runs=runs, **cfg.align)
+                                 tile_mpp=cfg.tile_mpp, **cfg.align)
             for mode in cfg.modes}
 
 
@@ -214,20 +214,19 @@ def evaluate_task(cfg: ProbeConfig, feats: dict[str, np.ndarray], y: np.ndarray,
     return summary, per_tile
 
 
-def run_probe_study(cfg: ProbeConfig | None = None, out_dir: str | Path | None = None, force: bool = False,
-                    progress: bool = True, runs: Path | None = None) -> dict:
+def run_probe_study(cfg: ProbeConfig | None, runs: Path, out_dir: str | Path | None = None, force: bool = False,
+                    progress: bool = True) -> dict:
     """Train (or reuse) the students, compute features, write results.json + config.json + features.npz.
 
-    An existing results.json made with the same configuration and students is returned without
-    recomputation."""
+    Students live under `runs`, results under `out_dir` (default <runs>/maga_probe). An existing
+    results.json made with the same configuration and students is returned without recomputation."""
     from maga_core.encoders import build
-    from maga_core.presets import runs_dir
 
     cfg = cfg or ProbeConfig()
-    out = Path(out_dir) if out_dir else runs_dir() / "maga_probe"
+    out = Path(out_dir) if out_dir else Path(runs) / "maga_probe"
     results_path = out / "results.json"
     t0 = time.perf_counter()
-    paths = ensure_students(cfg, progress, runs)
+    paths = ensure_students(cfg, runs, progress)
     students = {mode: load_student(p) for mode, p in paths.items()}
     if results_path.is_file() and not force:
         saved = json.loads(results_path.read_text())
@@ -270,10 +269,8 @@ def run_probe_study(cfg: ProbeConfig | None = None, out_dir: str | Path | None =
     return results
 
 
-def load_arrays(out_dir: str | Path | None = None) -> dict[str, np.ndarray]:
-    """The per-tile features, scores and similarities saved by `run_probe_study`."""
-    from maga_core.presets import runs_dir
-
-    out = Path(out_dir) if out_dir else runs_dir() / "maga_probe"
+def load_arrays(runs: Path, out_dir: str | Path | None = None) -> dict[str, np.ndarray]:
+    """The per-tile features, scores and similarities saved by `run_probe_study` (same folders)."""
+    out = Path(out_dir) if out_dir else Path(runs) / "maga_probe"
     with np.load(out / "features.npz", allow_pickle=False) as z:
         return {k: z[k] for k in z.files}

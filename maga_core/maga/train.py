@@ -318,7 +318,7 @@ def train(cfg: AlignConfig, out: str | Path, progress: bool = True,
     return out
 
 
-def save_summary(students: dict[str, Any]) -> Path:
+def save_summary(students: dict[str, Any], runs: Path) -> Path:
     """Hand the MAGA training settings (chapter 02's students, from load_student) to the reproduction
     summary (chapter 09), beside the paper's, with what differs."""
     from maga_core import summary
@@ -332,7 +332,7 @@ def save_summary(students: dict[str, Any]) -> Path:
         "optimizer": {"name": "adam", "lr": cfg["lr"], "decay": "exponential", "decay_coefficient": cfg["lr_decay"]},
         "loss": f"weighted sum over taps of L1(teacher, student): {taps} ({cfg['teacher']})"}}
     return summary.save_results(
-        "02_maga_training", figures=figures,
+        "02_maga_training", runs=runs, figures=figures,
         notes={"maga_training": f"students of this build ({tiles}) on {', '.join(cfg['tiles'])}",
                "maga_training.patches": f"the paper aligns on millions of cohort patches; this build's students "
                                         f"saw {tiles}",

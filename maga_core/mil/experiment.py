@@ -71,14 +71,15 @@ def cv_dir(root: str | Path, cfg: ExperimentConfig, setting: str, model: str) ->
     return Path(root) / "cv" / setting / model
 
 
-def student_checkpoint(cfg: ExperimentConfig, progress: bool = True) -> Path:
+def student_checkpoint(cfg: ExperimentConfig, runs: Path, progress: bool = True) -> Path:
     """The 5x MAGA student (native mode) this run uses, trained once and shared with other chapters."""
     from maga_core.maga.ensure import ensure_student
 
-    return ensure_student(teacher=cfg.encoder, **{"mag": 5.0, "mode": "native", **cfg.student}, progress=progress)
+    return ensure_student(runs, teacher=cfg.encoder, **{"mag": 5.0, "mode": "native", **cfg.student}, progress=progress)
 
 
-def extract_setting(cfg: ExperimentConfig, setting: str, slides_dir: Path, out: Path, progress: bool) -> Path:
+def extract_setting(cfg: ExperimentConfig, setting: str, slides_dir: Path, out: Path, progress: bool,
+                    runs: Path) -> Path:
     """Feature files of every cohort slide for one setting (resumes; failures are an error here)."""
     from maga_core.extract import ExtractConfig, extract_batch
 
@@ -87,7 +88,7 @@ def extract_setting(cfg: ExperimentConfig, setting: str, slides_dir: Path, out: 
     elif setting == "5x":
         kw = {"mag": 5.0}
     elif setting == "5x_maga":
-        kw = {"student": str(student_checkpoint(cfg, progress))}
+        kw = {"student": str(student_checkpoint(cfg, runs, progress))}
     else:
         raise MagaError(f"unknown setting {setting!r} (choose from {', '.join(SETTINGS)})")
     ecfg = ExtractConfig(encoder=cfg.encoder, input=str(slides_dir), out=str(out), input_kind="slides",
@@ -154,13 +155,13 @@ def delong_table(root: Path, cfg: ExperimentConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_experiment(cfg: ExperimentConfig, root: str | Path, progress: bool = True) -> dict[str, pd.DataFrame]:
+def run_experiment(cfg: ExperimentConfig, root: str | Path, runs: Path, progress: bool = True) -> dict[str, pd.DataFrame]:
     """All stages, each resumed from what `root` already holds; returns the AUC and DeLong tables."""
     root = Path(root)
     cohort = ensure_cohort(cfg.cohort, root / "cohort", progress=progress)
     save_config(cfg, root, "experiment_config.json")
     for setting in cfg.settings:
-        feats = extract_setting(cfg, setting, cohort.root / "slides", root / "features" / setting, progress)
+        feats = extract_setting(cfg, setting, cohort.root / "slides", root / "features" / setting, progress, runs)
         for model in cfg.models:
             out = cv_dir(root, cfg, setting, model)
             cv = CVConfig.create(model, feats, cohort.labels_csv(), out, train_overrides=train_overrides(cfg, model),
@@ -174,21 +175,19 @@ def run_experiment(cfg: ExperimentConfig, root: str | Path, progress: bool = Tru
     return tables
 
 
-def default_root(cfg: ExperimentConfig) -> Path:
-    """runs/<preset>/mil_evidence/<task>_<hash of the config>: chapters 04 and 05 share one run."""
+def default_root(cfg: ExperimentConfig, runs: Path) -> Path:
+    """<runs>/mil_evidence/<task>_<hash of the config>: chapters 04 and 05 share one run."""
     import hashlib
 
-    from maga_core.presets import runs_dir
-
     key = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:10]
-    return runs_dir() / "mil_evidence" / f"{cfg.cohort.task}_{key}"
+    return Path(runs) / "mil_evidence" / f"{cfg.cohort.task}_{key}"
 
 
-def ensure_experiment(cfg: ExperimentConfig, root: str | Path | None = None,
+def ensure_experiment(cfg: ExperimentConfig, runs: Path, root: str | Path | None = None,
                       progress: bool = True) -> dict[str, pd.DataFrame]:
     """The tables of a finished run at `root` (default: `default_root`) with this config, else run
-    (or resume) it."""
-    root = Path(root) if root is not None else default_root(cfg)
+    (or resume) it; its MAGA student is shared under `runs`."""
+    root = Path(root) if root is not None else default_root(cfg, runs)
     saved = root / "experiment_config.json"
     if saved.is_file():
         before = json.loads(saved.read_text())
@@ -197,7 +196,7 @@ def ensure_experiment(cfg: ExperimentConfig, root: str | Path | None = None,
             raise MagaError("holds an experiment with another configuration; choose another folder", root)
         if all((root / f"{n}_table.csv").is_file() for n in ("auc", "delong")):
             return {n: pd.read_csv(root / f"{n}_table.csv") for n in ("auc", "delong")}
-    return run_experiment(cfg, root, progress=progress)
+    return run_experiment(cfg, root, runs, progress=progress)
 
 
 # ---------------------------------------------------------------- what chapters 04 and 05 draw
@@ -269,7 +268,7 @@ def slide_maps(root: str | Path, cfg: ExperimentConfig, slide: str, model: str =
         ff = read_features(root / "features" / setting / f"{slide}.h5")
         with torch_threads(tcfg.threads):
             out = net(torch.from_numpy(ff.features))
-            scores = out.scores() if callable(out.scores) else out.scores
+            scores = out.scores
         clusters = KMeans(n_clusters=min(k, len(ff)), n_init=10, random_state=seed).fit_predict(ff.features)
         if ref is None:
             ref, ref_coords = clusters, ff.coords
@@ -349,7 +348,7 @@ def summary_figures(table: pd.DataFrame, cfg: ExperimentConfig) -> dict[str, Any
     return figures
 
 
-def save_summary(tables: dict[str, pd.DataFrame], cfg: ExperimentConfig) -> Path:
+def save_summary(tables: dict[str, pd.DataFrame], cfg: ExperimentConfig, runs: Path) -> Path:
     """Hand this chapter's AUCs to the reproduction summary (chapter 09), with what differs from the paper."""
     from maga_core import summary
 
@@ -362,7 +361,7 @@ def save_summary(tables: dict[str, pd.DataFrame], cfg: ExperimentConfig) -> Path
                "training settings of the preset where they differ from the papers' (experiment_config.json)")
             + ". Not the paper's cohort: compare trends, not values.")
     return summary.save_results(
-        "04_mil_cross_validation", figures=summary_figures(tables["auc"], cfg),
+        "04_mil_cross_validation", runs=runs, figures=summary_figures(tables["auc"], cfg),
         notes={section: note,
                f"{section}.time_s": "per-slide time is measured on a TCGA-size slide in chapter 8 (GLTrans only)",
                f"{section}.storage_gb": "per-slide storage is measured in chapters 1 and 8",

@@ -49,7 +49,7 @@ class NystromBlock(nn.Module):
         return row[0, :, 0, front:].mean(dim=0)
 
 
-def square_side(n: int) -> int:
+def grid_side(n: int) -> int:
     """Side of the smallest square grid holding n instances."""
     return math.isqrt(n - 1) + 1 if n > 0 else 0
 
@@ -62,7 +62,7 @@ def square_index(n: int, random: bool = False, generator: torch.Generator | None
     for a bag does not depend on a random draw; `random=True` draws the duplicates like upstream
     GLTrans. Duplicating (never zero-filling) keeps padding in the feature distribution.
     """
-    extra = square_side(n) ** 2 - n
+    extra = grid_side(n) ** 2 - n
     if random:
         dup = torch.randint(0, n, (extra,), generator=generator)
     else:

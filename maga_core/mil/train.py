@@ -149,7 +149,7 @@ def predict_bags(model: nn.Module, bags: Sequence[Bag], scores: bool = False) ->
             probs.append(torch.softmax(logits, dim=1)[0].numpy())
             losses.append(float(F.cross_entropy(logits, torch.tensor([bag.label]))))
             if scores:
-                s = out.scores() if callable(out.scores) else out.scores
+                s = out.scores
                 inst.append(s.detach().float().numpy())
     result: dict[str, Any] = {"probs": np.stack(probs) if probs else np.zeros((0, 0)), "loss": np.array(losses)}
     if scores:

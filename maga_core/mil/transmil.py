@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from maga_core.mil.base import register
-from maga_core.mil.grid import GridTransformer
+from maga_core.mil.grid_transformer import GridTransformer
 from maga_core.mil.layers import from_grid, to_grid
 
 

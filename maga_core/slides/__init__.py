@@ -13,7 +13,7 @@ from maga_core.slides.magnification import (
     patch_px_for_mag,
 )
 from maga_core.slides.generator import SlideSpec, generate_slide
-from maga_core.slides.grid import DEFAULT_MAGS, aligned_grid, square_side
+from maga_core.slides.patch_grid import DEFAULT_MAGS, aligned_grid, level0_square_side
 from maga_core.slides.patches import level0_extent, read_patch, read_scaled, rescale
 from maga_core.slides.reader import SlideReader, open_slide
 from maga_core.slides.tissue import TissueConfig, TissueMask, detect_tissue, overlay, plot_tissue
@@ -21,7 +21,7 @@ from maga_core.slides.writer import write_at_magnification, write_magnifications
 
 __all__ = [
     "DEFAULT_MAGS", "TissueConfig", "TissueMask", "aligned_grid", "detect_tissue", "overlay",
-    "plot_tissue", "square_side", "SlideSpec", "generate_slide",
+    "plot_tissue", "level0_square_side", "SlideSpec", "generate_slide",
     "MAG_TO_MPP", "PATCH_PX", "Resolution", "SlideReader", "format_mag",
     "level0_extent", "mag_for_mpp", "mpp_for_mag", "open_slide", "parse_mags", "patch_px_for_mag",
     "read_patch", "read_scaled", "rescale", "write_at_magnification", "write_magnifications",

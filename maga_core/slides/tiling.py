@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from maga_core.config import atomic_path, save_config, write_json
 from maga_core.errors import MagaError
-from maga_core.slides.grid import DEFAULT_MAGS, aligned_grid, square_side
 from maga_core.slides.magnification import format_mag, patch_px_for_mag
+from maga_core.slides.patch_grid import DEFAULT_MAGS, aligned_grid, level0_square_side
 from maga_core.slides.patches import read_patch
 from maga_core.slides.reader import open_slide
 from maga_core.slides.tissue import TissueConfig, detect_tissue, overlay
@@ -49,14 +49,6 @@ def write_coords(path: Path, coords, attrs: dict[str, Any]) -> Path:
     return path
 
 
-def read_coords(path: str | Path):
-    """(coords int64 [N, 2], attrs dict) of a coords.h5 written by tile_slide."""
-    import h5py
-
-    with h5py.File(path, "r") as h5:
-        return h5["coords"][:], dict(h5.attrs)
-
-
 def _is_tile_result(folder: Path) -> bool:
     try:
         return json.loads((folder / SUMMARY).read_text()).get("kind") == "tile"
@@ -80,7 +72,7 @@ def tile_slide(slide: str | Path, out_dir: str | Path, cfg: TileConfig | None = 
     with open_slide(slide, mpp=cfg.mpp) as reader:
         tissue = detect_tissue(reader, cfg.tissue)
         coords = aligned_grid(reader, tissue, cfg.mags, min_tissue=cfg.min_tissue)
-        side = square_side(reader, cfg.mags)
+        side = level0_square_side(reader, cfg.mags)
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
         umask = os.umask(0)

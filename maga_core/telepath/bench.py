@@ -20,13 +20,14 @@ def _args(p: argparse.ArgumentParser) -> None:
 @benchmark("telepath", "frozen-section telepathology: bytes, transfer at a bandwidth cap and inference "
            "per magnification through the real loopback service", _args)
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from maga_core import presets
     from maga_core.bench import machine
     from maga_core.slides import parse_mags
     from maga_core.telepath.study import TelepathStudyConfig, run_study
     from maga_core.telepath.service_model import ensure_service_model
 
     w, h = (0, 0) if args.generated_size in ("0", "") else map(int, args.generated_size.lower().split("x"))
-    service = args.service or str(ensure_service_model(args.preset))
+    service = args.service or str(ensure_service_model(args.preset, presets.runs_dir(args.preset)))
     cfg = TelepathStudyConfig(service_dir=service, mags=parse_mags(args.mags), bandwidth_mbps=args.bandwidth_mbps,
                               generated_width=w, generated_height=h)
     return {"machine": machine(), **run_study(cfg)}

@@ -12,21 +12,21 @@ from maga_core.errors import MagaError
 AGGREGATOR = "gltrans"
 
 
-def ensure_service_model(preset: str, aggregator: str = AGGREGATOR, progress: bool = True) -> Path:
-    """runs/<preset>/telepath/service: bundled once from chapter 4's run (which is run if absent)."""
+def ensure_service_model(preset: str, runs: Path, aggregator: str = AGGREGATOR, progress: bool = True) -> Path:
+    """<runs>/telepath/service_...: bundled once from chapter 4's run under `preset` (run if absent)."""
     from maga_core import presets
     from maga_core.mil.experiment import ExperimentConfig, default_root, ensure_experiment, student_checkpoint
     from maga_core.telepath.pipeline import ServiceModel, save_service_model
 
-    P = presets.resolve("04_mil_cross_validation", preset)
+    P = presets.resolve("04_mil_cross_validation", preset, runs=runs)
     cfg = ExperimentConfig.from_dict(P["experiment"])
     if aggregator not in cfg.models or "20x" not in cfg.settings:
         raise MagaError(f"chapter 4's {preset} run trains no {aggregator} at 20x", presets.PRESETS_FILE)
-    root = default_root(cfg)
-    folder = presets.runs_dir(preset) / "telepath" / f"service_{root.name}_{aggregator}"
+    root = default_root(cfg, runs)
+    folder = Path(runs) / "telepath" / f"service_{root.name}_{aggregator}"
     if (folder / "service.json").is_file():
         return folder
-    ensure_experiment(cfg, root, progress=progress)
+    ensure_experiment(cfg, runs, root, progress=progress)
     runs = root / "cv" / "20x" / aggregator
     fold_dirs = sorted(runs.glob("fold_*"))
     if not fold_dirs:
@@ -37,4 +37,4 @@ def ensure_service_model(preset: str, aggregator: str = AGGREGATOR, progress: bo
                         trained_on=f"{task} cohort of real tiles, 20x teacher features ({fold_dirs[0].name} "
                                    f"of {root.name})")
     return save_service_model(folder, spec, fold_dirs[0] / "checkpoint.pt",
-                              students={5.0: student_checkpoint(cfg, progress)})
+                              students={5.0: student_checkpoint(cfg, runs, progress)})

@@ -141,7 +141,7 @@ def comparison_table(result: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def save_summary(result: dict[str, Any]) -> Path:
+def save_summary(result: dict[str, Any], runs: Path) -> Path:
     """Hand the measured figures to the reproduction summary (chapter 09): per-slide gigapixels, transfer
     and inference at 20x and 5x of the largest slide measured, and the largest 20x/5x reductions."""
     from maga_core import summary
@@ -161,7 +161,7 @@ def save_summary(result: dict[str, Any]) -> Path:
              f"2 CPU cores (GLTrans + EfficientNet-Lite0; 5x with its MAGA student); the paper: an RTX 4090 and a "
              f"real 200 Mbps link")
     return summary.save_results(
-        "08_telepathology", figures={"frozen_section_telepathology": section, "headline": headline},
+        "08_telepathology", runs=runs, figures={"frozen_section_telepathology": section, "headline": headline},
         notes={"frozen_section_telepathology": where,
                "headline": f"largest 20x/5x ratio over the slides of chapter 8 ({', '.join(low['slide'])}); the "
                            f"paper's figure is the largest over its cohorts. Bytes fall slower than pixels (JPEG)"},

