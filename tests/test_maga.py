@@ -197,3 +197,5 @@ def test_maga_chapters_run_with_the_smoke_preset(smoke_book):
     assert len(students) >= 2
     results = json.loads((smoke_book.runs / "maga_probe" / "results.json").read_text())
     assert set(results["tasks"]) == {"tcga_luad_vs_lusc", "lc25000_aca_vs_scc"}
+    for task in results["tasks"].values():  # held-out tiles only, probed by case-wise cross-validation
+        assert task["probe_folds"] >= 2 and set(task["recovered"]) == {"maga_5x_native", "maga_5x_upsample"}

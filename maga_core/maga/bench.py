@@ -16,14 +16,15 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", default="efficientnet_lite0")
     p.add_argument("--epochs", type=int, default=None, help="epochs of both students (default: maga align's)")
     p.add_argument("--max-train-tiles", type=int, default=None, help="train on a seeded subset (quick runs)")
-    p.add_argument("--out", default=None, help="folder for results.json, config.json, features.npz and the "
-                                               "students (default: a temporary folder)")
+    p.add_argument("--workdir", default=None, help="folder for results.json, config.json, features.npz and the "
+                                                   "students, reused by later runs (default: a temporary folder)")
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--modes", default="native,upsample", help="students to train: native, upsample or both")
     p.add_argument("--augment", choices=("none", "flips"), help="ablation: override maga align's augmentation")
     p.add_argument("--taps", help="ablation: comma-separated taps (default: the encoder's)")
     p.add_argument("--tap-weights", help="ablation: comma-separated weights of --taps")
     p.add_argument("--pooled-weight", type=float, help="ablation: weight of the pooled feature")
+    p.add_argument("--lr-decay", type=float, help="ablation: per-epoch learning-rate factor")
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     epochs = args.epochs or next(f.default for f in fields(AlignConfig) if f.name == "epochs")
     align = {k: v for k, v in {
-        "augment": args.augment, "pooled_weight": args.pooled_weight,
+        "augment": args.augment, "pooled_weight": args.pooled_weight, "lr_decay": args.lr_decay,
         "taps": args.taps.split(",") if args.taps else None,
         "tap_weights": [float(w) for w in args.tap_weights.split(",")] if args.tap_weights else None}.items()
         if v is not None}
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       max_train_tiles=args.max_train_tiles, n_boot=args.n_boot,
                       modes=[m.strip() for m in args.modes.split(",") if m.strip()], align=align)
     with tempfile.TemporaryDirectory(prefix="maga-bench-") as tmp:
-        out = Path(args.out or tmp)
+        out = Path(args.workdir or tmp)
         results = run_probe_study(cfg, out, out_dir=out, progress=not args.json)
     return {"machine": machine(), "config": results["config"],
             "train_seconds": {m: s["train_seconds"] for m, s in results["students"].items()},

@@ -39,6 +39,20 @@ def loss_curves(histories: dict[str, list[dict]], title: str = "MAGA training lo
     return fig
 
 
+def training_text(students: dict) -> str:
+    """What this build's training did, in words (chapter 02), from each student's checkpoint history."""
+    lines = []
+    for mode, s in students.items():
+        first, last = s.history[0], s.history[-1]
+        pooled = s.loss_weights.get("pooled", 0.0) * last.get("l1/pooled", 0.0) / last["loss"]
+        lines.append(
+            f"- **{mode}**: {len(s.history)} epochs on {s.n_tiles} tiles (augmentation: {s.config['augment']}); "
+            f"the weighted loss went from {first['loss']:.4g} (epoch 1) to {last['loss']:.4g}, of which the pooled "
+            f"term is {pooled:.0%}; the pooled feature's L1 went from {first['l1/pooled']:.4f} to "
+            f"{last['l1/pooled']:.4f}; {sum(h['seconds'] for h in s.history):.0f} s in all.")
+    return "\n".join(lines)
+
+
 def timing_table(histories: dict[str, list[dict]]) -> pd.DataFrame:
     return pd.DataFrame({mode: {"epochs": len(h), "seconds per epoch": np.mean([r["seconds"] for r in h]),
                                 "first loss": h[0]["loss"], "last loss": h[-1]["loss"]}
@@ -107,6 +121,32 @@ def recovery_text(results: dict, flops: dict[str, int]) -> str:
         f"at 20x); training took {secs['native']:.0f} s (native) and {secs['upsample']:.0f} s (upsample) here. "
         f"The student that recovers more of its gap: " + "; ".join(f"{k}: {v}" for k, v in better.items()) + ".")
     return "\n".join(lines)
+
+
+def ablation_table(path) -> pd.DataFrame:
+    """The recorded `maga bench maga` runs (results/maga_ablation.json: {"runs": {name: bench JSON}}): per
+    run and task, the loss setting, the native student's AUC against the teacher's, and the recovered gap."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        return pd.DataFrame({"note": [f"{path.name} not recorded in this checkout"]})
+    rows = []
+    for name, run in json.loads(path.read_text())["runs"].items():
+        align = run["align_config"]["native"]
+        for task, t in run["tasks"].items():
+            kinds = t["auc"]
+            rows.append({"run": name, "task": task, "augment": align["augment"],
+                         "taps": "default" if align["taps"] is None else ", ".join(align["taps"]),
+                         "pooled weight": align["pooled_weight"] or "default",
+                         "teacher 20x": kinds["teacher_20x"][0], "teacher 5x": kinds["teacher_5x"][0],
+                         "MAGA native": kinds["maga_5x_native"][0],
+                         "gap recovered [95% CI]": "{:.0%} [{:.0%}, {:.0%}]".format(*t["recovered_fraction"]["maga_5x_native"]),
+                         "cosine to 20x (teacher 5x -> MAGA)":
+                             f"{t['cosine_to_20x']['teacher_5x']:.3f} -> {t['cosine_to_20x']['maga_5x_native']:.3f}",
+                         "train s": run["train_seconds"]["native"]})
+    return pd.DataFrame(rows)
 
 
 def auc_figure(results: dict) -> go.Figure:

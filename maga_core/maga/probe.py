@@ -4,11 +4,12 @@ MAGA students (both modes) are trained without labels on tiles that are never ev
 split + TCGA train split). Evaluation uses only the held-out test splits of two real tasks (TCGA LUAD vs
 LUSC: 60 tiles of 6 cases; LC25000 adenocarcinoma vs squamous: held-out near-duplicate clusters): a
 logistic-regression probe is cross-validated within the held-out tiles (folds by case / cluster, the same
-folds for every kind of feature), so nothing the probe or the student was fitted on is scored. Kinds: the
+folds for every kind of feature, repeated with new folds and averaged, since one split of a few dozen tiles
+moves an AUC by several points), so nothing the probe or the student was fitted on is scored. Kinds: the
 teacher at 20x, the teacher on the 5x view (at its size, and resized back to the teacher's), and the two
 students. AUCs carry 95% CIs from a bootstrap over cases (TCGA) or clusters (LC25000), paired across kinds,
-which also gives the CI of the recovered fraction of the 20x-vs-5x gap; DeLong tests are clustered the same
-way. Cosine similarity of each 5x feature to the teacher's 20x feature of the same tile is reported raw and
+which also gives the CI of the recovered fraction of the 20x-vs-5x gap; DeLong tests (on the per-tile scores
+averaged over repeats) are clustered the same way. Cosine similarity of each 5x feature to the teacher's 20x feature of the same tile is reported raw and
 centred on the mean held-out 20x feature (post-ReLU features share a large positive mean).
 """
 
@@ -60,6 +61,7 @@ class ProbeConfig:
     n_boot: int = 500
     probe_c: float = 1.0  # inverse L2 strength of the logistic regression (standardised features)
     probe_folds: int = 5  # at most; fewer when a class has fewer cases
+    probe_repeats: int = 10  # repeated cross-validation (new folds each time): AUCs are means over repeats
     max_tiles_per_class: int | None = None  # per class (smoke runs); None: all held-out tiles
     batch_infer: int = 32
     modes: list[str] = field(default_factory=lambda: ["native", "upsample"])  # students to train and probe
@@ -92,10 +94,11 @@ def _task_tiles(dataset: str, cfg: ProbeConfig):
 
     table = tile_table(dataset)
     table = table[(table["split"] == "test") & table["class"].isin(CLASSES)].reset_index(drop=True)
-    if cfg.max_tiles_per_class is not None:
-        keep = [i for _, g in table.groupby("class")
-                for i in g.sample(min(len(g), cfg.max_tiles_per_class), random_state=cfg.seed).index]
-        table = table.loc[sorted(keep)].reset_index(drop=True)
+    if cfg.max_tiles_per_class is not None:  # seeded, round-robin over cases so each class keeps several
+        table = table.sample(frac=1.0, random_state=cfg.seed)
+        table = table.assign(_turn=table.groupby("group").cumcount()).sort_values(["_turn", "group"])
+        table = table.groupby("class").head(cfg.max_tiles_per_class).drop(columns="_turn").sort_index()
+        table = table.reset_index(drop=True)
     return table
 
 
@@ -157,11 +160,15 @@ def _interval(point: float, samples: np.ndarray) -> dict[str, float]:
     return {"value": float(point), "ci_low": float(lo), "ci_high": float(hi)}
 
 
+MIN_GAP = 0.01  # AUC the teacher must lose at 5x for a recovered fraction to mean anything
+
+
 def recovered_fraction(student: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """(student - low) / (high - low): 1 = the whole 20x-vs-5x gap recovered; NaN where there is no gap."""
+    """(student - low) / (high - low): 1 = the whole 20x-vs-5x gap recovered; NaN where the teacher loses
+    less than MIN_GAP AUC at 5x (no gap to recover)."""
     gap = high - low
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(gap > 0, (student - low) / gap, np.nan)
+        return np.where(gap >= MIN_GAP, (student - low) / gap, np.nan)
 
 
 def evaluate_task(cfg: ProbeConfig, feats: dict[str, np.ndarray], y: np.ndarray, groups: np.ndarray
@@ -171,14 +178,15 @@ def evaluate_task(cfg: ProbeConfig, feats: dict[str, np.ndarray], y: np.ndarray,
     from maga_core import stats
 
     m = f"{cfg.mag:g}x"
-    folds = probe_folds(y, groups, cfg.probe_folds, cfg.seed)
+    repeats = [probe_folds(y, groups, cfg.probe_folds, cfg.seed + r) for r in range(cfg.probe_repeats)]
     counts = stats.cluster_counts(y, groups, cfg.n_boot, cfg.seed)  # one set of replicates for every kind
     scores, aucs, samples = {}, {}, {}
     for kind, x in feats.items():
-        scores[kind] = probe_scores(x, y, folds, cfg.probe_c)
-        p = np.stack([1 - scores[kind], scores[kind]], axis=1)
-        aucs[kind] = stats.auc(y, p)
-        samples[kind] = stats.metrics_of_counts(y, p, counts)["auc"]
+        runs = [probe_scores(x, y, folds, cfg.probe_c) for folds in repeats]
+        scores[kind] = np.mean(runs, axis=0)  # per-tile score averaged over repeats (DeLong, figures)
+        aucs[kind] = float(np.mean([stats.auc(y, r) for r in runs]))
+        samples[kind] = np.mean([stats.metrics_of_counts(y, np.stack([1 - r, r], axis=1), counts)["auc"]
+                                 for r in runs], axis=0)
     probe = {k: {"auc": aucs[k], **{f"ci_{e}": v for e, v in zip(("low", "high"),
                                                                    np.nanquantile(samples[k], [0.025, 0.975]))}}
              for k in feats}
@@ -207,7 +215,8 @@ def evaluate_task(cfg: ProbeConfig, feats: dict[str, np.ndarray], y: np.ndarray,
         cos_c[kind] = _interval(cen.mean(), weights @ cen)
         per_tile[f"cos/{kind}"], per_tile[f"cos_centered/{kind}"] = raw, cen
     per_tile.update({f"score/{k}": v for k, v in scores.items()})
-    summary = {"n_test": len(y), "n_cases": len(set(groups)), "probe_folds": len(folds),
+    summary = {"n_test": len(y), "n_cases": len(set(groups)), "probe_folds": len(repeats[0]),
+               "probe_repeats": len(repeats),
                "n_test_per_class": {c: int((y == i).sum()) for i, c in enumerate(CLASSES)},
                "probe": probe, "recovered": recovered, "delong": delong,
                "cosine_to_20x": cos, "cosine_centered_to_20x": cos_c}

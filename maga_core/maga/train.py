@@ -83,7 +83,7 @@ def _flip(view: np.ndarray, flips: tuple[bool, bool]) -> np.ndarray:
         view = view[:, ::-1]
     if flips[1]:
         view = view[::-1]
-    return np.ascontiguousarray(view)
+    return np.array(view)  # a writable copy (decoded images are read-only)
 
 
 class TileViews(Dataset):
