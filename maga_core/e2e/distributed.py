@@ -18,6 +18,7 @@ from Python (tests, the chapter), with `launch`, which spawns the processes itse
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 import tempfile
@@ -236,15 +237,44 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _worker(rank: int, world: int, rendezvous: str, backend: str, threads: int, cfg: E2EConfig,
-            train_set: BagDataset, val_set: BagDataset | None, out_dir: str, record: bool) -> None:
+def _worker(rank: int, world: int, rendezvous: str, backend: str, threads: int,
+            jobs: list[tuple[E2EConfig, str]], train_set: BagDataset, val_set: BagDataset | None,
+            record: bool) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(threads)
     dist.init_process_group(backend, init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
-        run_rank(cfg, train_set, val_set, out_dir, record=record, progress=False)
+        for cfg, out_dir in jobs:
+            run_rank(cfg, train_set, val_set, out_dir, record=record, progress=False)
     finally:
         dist.destroy_process_group()
+
+
+def _launch_all(cfgs: list[E2EConfig], train_set: BagDataset, val_set: BagDataset | None, n_encoder_ranks: int,
+                work_dirs: list[Path], backend: str, record: bool, threads: int) -> list[E2EResult]:
+    """One set of 1 + n_encoder_ranks processes runs every config in turn (starting processes, not
+    training, is most of a small run's cost); one E2EResult per config."""
+    import json
+
+    world = 1 + n_encoder_ranks
+    for work in work_dirs:
+        work.mkdir(parents=True, exist_ok=True)
+    # Rendezvous through a fresh file, not a TCP port: a port found free can be taken by another
+    # launch (a second copy of the tests) before the ranks bind it.
+    with tempfile.TemporaryDirectory(prefix="maga-e2e-rendezvous-") as tmp:
+        jobs = [(cfg, str(work)) for cfg, work in zip(cfgs, work_dirs)]
+        mp.spawn(_worker, args=(world, str(Path(tmp) / "rendezvous"), backend, threads, jobs, train_set, val_set,
+                                record), nprocs=world, join=True)
+    results = []
+    for cfg, work in zip(cfgs, work_dirs):
+        metrics = json.loads((work / "metrics.json").read_text())
+        rec = None
+        if record:
+            r0, r1 = (torch.load(work / f"record_rank{r}.pt") for r in (0, 1))
+            rec = {"loss": r0["loss"], "grads": [{**a, **e} for a, e in zip(r0["grads"], r1["grads"])],
+                   "params": {**r0["params"], **r1["params"]}}
+        results.append(E2EResult(cfg, metrics["history"], metrics["validation"], metrics["summary"]["seconds"], rec))
+    return results
 
 
 def launch(cfg: E2EConfig, train_set: BagDataset, val_set: BagDataset | None = None, n_encoder_ranks: int = 2,
@@ -254,22 +284,7 @@ def launch(cfg: E2EConfig, train_set: BagDataset, val_set: BagDataset | None = N
     (with `record` holding losses, gradients of every step and final parameters of both models)."""
     with tempfile.TemporaryDirectory(prefix="maga-e2e-") as tmp:
         work = Path(out_dir) if out_dir is not None else Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        world = 1 + n_encoder_ranks
-        # Rendezvous through a fresh file, not a TCP port: a port found free can be taken by another
-        # launch (a second copy of the tests) before the ranks bind it.
-        rendezvous = str(Path(tmp) / "rendezvous")
-        mp.spawn(_worker, args=(world, rendezvous, backend, threads, cfg, train_set, val_set, str(work), record),
-                 nprocs=world, join=True)
-        import json
-
-        metrics = json.loads((work / "metrics.json").read_text())
-        rec = None
-        if record:
-            r0, r1 = (torch.load(work / f"record_rank{r}.pt") for r in (0, 1))
-            rec = {"loss": r0["loss"], "grads": [{**a, **e} for a, e in zip(r0["grads"], r1["grads"])],
-                   "params": {**r0["params"], **r1["params"]}}
-        return E2EResult(cfg, metrics["history"], metrics["validation"], metrics["summary"]["seconds"], rec)
+        return _launch_all([cfg], train_set, val_set, n_encoder_ranks, [work], backend, record, threads)[0]
 
 
 def run_from_env(cfg: E2EConfig, train_set: BagDataset, val_set: BagDataset | None = None,
@@ -376,32 +391,44 @@ def one_process_run(cfg: E2EConfig, train_set: BagDataset, steps: int = 3, threa
 
 
 def check_equivalence(cfg: E2EConfig, train_set: BagDataset, n_encoder_ranks: int = 2, steps: int = 3,
-                      backend: str = "gloo", threads: int = 1,
-                      float64_run: dict[str, Any] | None = None) -> dict[str, Any]:
+                      backend: str = "gloo", threads: int = 1) -> dict[str, Any]:
     """Same seed, data and K on one process and on 1 + n_encoder_ranks processes: the largest
-    normalised differences of loss, gradients and parameters after `steps` steps.
+    normalised differences of loss, gradients and parameters after `steps` steps (in cfg.dtype; see
+    `check_equivalence_dtypes`, which this runs for one dtype)."""
+    return check_equivalence_dtypes(cfg, train_set, (cfg.dtype,), n_encoder_ranks, steps, backend, threads)[cfg.dtype]
 
-    In float64 the two schemes agree to rounding (~1e-15). In float32 they cannot be judged by their
+
+def check_equivalence_dtypes(cfg: E2EConfig, train_set: BagDataset, dtypes: tuple[str, ...] = ("float64", "float32"),
+                             n_encoder_ranks: int = 2, steps: int = 3, backend: str = "gloo",
+                             threads: int = 1) -> dict[str, dict[str, Any]]:
+    """`check_equivalence` in each dtype, sharing one launch of the ranks and the one-process float64 run.
+
+    In float64 the two schemes agree to rounding (~1e-14). In float32 they cannot be judged by their
     difference alone: this network's float32 gradient lies 1e-4..1e-3 (whole model, normalised L1)
     from the float64 one at the first step, by an amount that depends on the reduction order (thread
     count, the batch a convolution sees), and AdamW turns every gradient element whose sign is rounding
     noise into a full +-lr step, so two float32 runs that round differently drift apart step by step
     (1e-3..2e-2 by the third). Which machine rounds which way decides whether they happen to match.
-    So a float32 check also measures both schemes against the one-process float64 run
-    (`rounding_reference`); pass that run as `float64_run` (`one_process_run`) to share it between
-    checks. Every process runs `threads` CPU threads, so a check repeats bit for bit on one machine."""
-    single = float64_run if cfg.dtype == "float64" and float64_run is not None else \
-        one_process_run(cfg, train_set, steps, threads)
-    multi = launch(dataclasses.replace(cfg, max_steps=steps, epochs=max(cfg.epochs, 1)), train_set,
-                   n_encoder_ranks=n_encoder_ranks, backend=backend, record=True, threads=threads).record
-    out = compare_records(single, multi)
-    if cfg.dtype == "float32" and not cfg.amp:
-        reference = float64_run or one_process_run(cfg, train_set, steps, threads, dtype="float64")
-        errors = rounding_reference(single, multi, reference)
-        for row, err in zip(out["steps"], errors.pop("steps")):
-            row.update(err)
-        out.update(errors)
-    out.update(n_encoder_ranks=n_encoder_ranks, world_size=n_encoder_ranks + 1, k=cfg.k,
-               encoder=cfg.encoder, aggregator=cfg.aggregator, bn=cfg.bn, backend=backend,
-               dtype=cfg.dtype if not cfg.amp else "amp", threads=threads)
+    So in float32 (without amp) both schemes are also measured against the one-process float64 run
+    (`rounding_reference`). Every process runs `threads` CPU threads, so a check repeats bit for bit
+    on one machine."""
+    cfgs = {d: dataclasses.replace(cfg, dtype=d, max_steps=steps, epochs=max(cfg.epochs, 1)) for d in dtypes}
+    needs_float64 = "float64" in dtypes or ("float32" in dtypes and not cfg.amp)
+    float64_run = one_process_run(cfg, train_set, steps, threads, dtype="float64") if needs_float64 else None
+    with tempfile.TemporaryDirectory(prefix="maga-e2e-eq-") as tmp:
+        multis = _launch_all(list(cfgs.values()), train_set, None, n_encoder_ranks, [Path(tmp) / d for d in cfgs],
+                             backend, True, threads)
+    out = {}
+    for (dtype, c), multi in zip(cfgs.items(), multis):
+        single = float64_run if dtype == "float64" else one_process_run(c, train_set, steps, threads)
+        res = compare_records(single, multi.record)
+        if dtype == "float32" and not c.amp:
+            errors = rounding_reference(single, multi.record, float64_run)
+            for row, err in zip(res["steps"], errors.pop("steps")):
+                row.update(err)
+            res.update(errors)
+        res.update(n_encoder_ranks=n_encoder_ranks, world_size=n_encoder_ranks + 1, k=c.k, encoder=c.encoder,
+                   aggregator=c.aggregator, bn=c.bn, backend=backend, dtype=dtype if not c.amp else "amp",
+                   threads=threads)
+        out[dtype] = res
     return out
