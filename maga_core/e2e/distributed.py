@@ -254,8 +254,6 @@ def _launch_all(cfgs: list[E2EConfig], train_set: BagDataset, val_set: BagDatase
                 work_dirs: list[Path], backend: str, record: bool, threads: int) -> list[E2EResult]:
     """One set of 1 + n_encoder_ranks processes runs every config in turn (starting processes, not
     training, is most of a small run's cost); one E2EResult per config."""
-    import json
-
     world = 1 + n_encoder_ranks
     for work in work_dirs:
         work.mkdir(parents=True, exist_ok=True)
@@ -358,7 +356,7 @@ def rounding_reference(single: dict[str, Any], multi: dict[str, Any], reference:
     `float32_error_ratio`: the distributed scheme's error over the one-process scheme's, the larger of
     the loss (worst step) and the final parameters; about 1 when the two schemes are equally exact.
     Gradients after the first step are left out of it: which float32 path lands nearer the float64
-    trajectory varies tenfold with reduction order (see `check_equivalence`)."""
+    trajectory varies tenfold with reduction order (see `check_equivalence_dtypes`)."""
     errors: dict[str, Any] = {"steps": []}
     for s, g64 in enumerate(reference["grads"]):
         row = {}
