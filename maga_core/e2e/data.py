@@ -135,9 +135,6 @@ class BagDataset:
         idx = self.indices(i, epoch)[part_slice(self.k, n_parts, part)]
         return self.bags[i].read(idx, self.mag, self.px)
 
-    def with_k(self, k: int) -> "BagDataset":
-        return BagDataset(self.bags, k, self.mag, self.px, self.seed, self.replace)
-
     def labels(self) -> np.ndarray:
         return np.array([self.label(i) for i in range(len(self))], dtype=np.int64)
 

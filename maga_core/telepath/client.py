@@ -7,7 +7,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 
@@ -17,24 +17,27 @@ CHUNK = 64 * 1024
 
 
 class TokenBucket:
-    """Byte-rate limiter: a chunk may pass once the bucket holds that many tokens (bytes).
+    """Byte-rate limiter: a chunk passes once its bytes are paid for at `rate` bytes per second.
 
-    The capacity exceeds one chunk so that credit earned while a sleep overran is kept, not lost:
-    the long-run rate then stays at `rate` however coarse the scheduler is."""
+    Taking more than the bucket holds leaves a debt that is slept off before the chunk passes; the next
+    take credits the time that really passed, so when a sleep overran, the credit earned is kept, not
+    lost (up to `capacity`, which bounds the burst after an idle spell): the long-run rate stays at
+    `rate` however coarse the scheduler is. `clock` and `sleep` are injectable so the accounting can be
+    checked on virtual time, independent of the machine's load."""
 
-    def __init__(self, rate_bytes_per_s: float, capacity: int = 4 * CHUNK):
-        self.rate, self.capacity = rate_bytes_per_s, capacity
-        self.tokens, self.stamp = 0.0, time.perf_counter()  # start empty: no initial burst
+    def __init__(self, rate_bytes_per_s: float, capacity: int = 4 * CHUNK,
+                 clock: Callable[[], float] = time.perf_counter, sleep: Callable[[float], None] = time.sleep):
+        if rate_bytes_per_s <= 0:
+            raise MagaError(f"bandwidth must be positive, got {rate_bytes_per_s} bytes/s")
+        self.rate, self.capacity, self.clock, self.sleep = rate_bytes_per_s, capacity, clock, sleep
+        self.tokens, self.stamp = 0.0, clock()  # start empty: no initial burst
 
     def take(self, n: int) -> None:
-        while True:
-            now = time.perf_counter()
-            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-            if self.tokens >= n:
-                self.tokens -= n
-                return
-            time.sleep((n - self.tokens) / self.rate)
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate) - n
+        self.stamp = now
+        if self.tokens < 0:
+            self.sleep(-self.tokens / self.rate)
 
 
 @dataclass
@@ -49,28 +52,31 @@ class SendReport:
     server: dict = field(default_factory=dict)
 
 
-def _stream(path: Path, bucket: TokenBucket | None, done: list[float]) -> Iterator[bytes]:
+def _stream(path: Path, bucket: TokenBucket | None, done: list[float], clock: Callable[[], float]) -> Iterator[bytes]:
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
             if bucket is not None:
                 bucket.take(len(chunk))
             yield chunk
-    done.append(time.perf_counter())
+    done.append(clock())
 
 
 def upload(path: str | Path, server: str, token: str, magnification: float,
-           bandwidth_mbps: float | None = None, timeout_s: float = 600.0) -> tuple[dict, float]:
-    """POST a file to /v1/diagnose; returns (server JSON, seconds until the last byte left)."""
+           bandwidth_mbps: float | None = None, timeout_s: float = 600.0,
+           clock: Callable[[], float] = time.perf_counter,
+           sleep: Callable[[float], None] = time.sleep) -> tuple[dict, float]:
+    """POST a file to /v1/diagnose; returns (server JSON, seconds until the last byte left), both the
+    pacing and the seconds on `clock` / `sleep` (a test passes virtual ones)."""
     path = Path(path)
-    bucket = TokenBucket(bandwidth_mbps * 1e6 / 8) if bandwidth_mbps else None
+    bucket = TokenBucket(bandwidth_mbps * 1e6 / 8, clock=clock, sleep=sleep) if bandwidth_mbps else None
     done: list[float] = []
     headers = {"Authorization": f"Bearer {token}", "X-Filename": path.name,
                "Content-Length": str(path.stat().st_size), "Content-Type": "application/octet-stream"}
-    t0 = time.perf_counter()
+    t0 = clock()
     with httpx.Client(timeout=timeout_s) as client:
         resp = client.post(f"{server.rstrip('/')}/v1/diagnose", params={"magnification": magnification},
-                           content=_stream(path, bucket, done), headers=headers)
-    transfer_s = (done[0] if done else time.perf_counter()) - t0
+                           content=_stream(path, bucket, done, clock), headers=headers)
+    transfer_s = (done[0] if done else clock()) - t0
     if resp.status_code != 200:
         detail = resp.json().get("detail", resp.text) if resp.headers.get("content-type", "").startswith(
             "application/json") else resp.text

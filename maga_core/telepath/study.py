@@ -71,6 +71,7 @@ def run_study(cfg: TelepathStudyConfig, out_dir: str | Path | None = None) -> di
                 rows.append({
                     "slide": label, "magnification": mag, "gigapixels": rep.pixels / 1e9, "bytes": rep.bytes,
                     "megabytes": rep.bytes / 1e6, "write_s": rep.write_s, "transfer_s": rep.transfer_s,
+                    "transfer_mbps": rep.bytes * 8 / rep.transfer_s / 1e6,  # against the cap: the limiter's real speed
                     "tiling_s": t["tiling_s"], "encoding_s": t["encoding_s"],
                     "aggregation_s": t["aggregation_s"], "heatmap_s": t["heatmap_s"],
                     "inference_s": t["tiling_s"] + t["encoding_s"] + t["aggregation_s"],
