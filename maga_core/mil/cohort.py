@@ -363,5 +363,5 @@ def check_leaks(tiles: pd.DataFrame, trained_on: list[str | Path] | None = None,
         hit = [i for i in outside_idx if keys[i] & inside]
         if hit:
             t = tiles.iloc[hit[0]]
-            raise MagaError(f"test slides of fold {f} share {len(hit)} tile placements with training slides, "
+            raise MagaError(f"test slides of fold {f} share tiles with {len(hit)} placements on training slides, "
                             f"e.g. {t['tile']} on {t['slide']}", t["dataset"])
