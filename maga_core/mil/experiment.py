@@ -233,6 +233,42 @@ def selection_table(root: Path, cfg: ExperimentConfig) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
 
 
+def cohort_facts(root: str | Path, cfg: ExperimentConfig) -> dict[str, Any]:
+    """The numbers chapter 04's prose quotes, computed from the built cohort and the student's tile list."""
+    from maga_core.mil.cohort import load_cohort
+
+    cohort = load_cohort(Path(root) / "cohort")
+    slides, tiles = cohort.slides, cohort.tiles
+    folds = cfg.folds or cfg.cohort.folds
+    per_fold = slides.assign(f=slides["fold"] % folds).groupby("f")
+    source = tiles.drop_duplicates(["dataset", "tile"])
+    facts: dict[str, Any] = {
+        "slides": len(slides), "patients": int(slides["patient"].nunique()), "folds": folds,
+        "test_slides_per_fold": sorted(set(per_fold.size().tolist())),
+        "test_patients_per_fold": sorted(set(per_fold["patient"].nunique().tolist())),
+        "tile_placements": len(tiles), "placements_per_slide": round(len(tiles) / len(slides), 1),
+        "source_tiles": len(source), "source_tiles_per_patient": round(len(source) / slides["patient"].nunique(), 1),
+        "lesion_placements": int((tiles["role"] == "lesion").sum()),
+        "tile_splits": list(cfg.cohort.tile_splits) or ["all"],
+    }
+    if "5x_maga" in cfg.settings:
+        seen = trained_tiles(student_checkpoint(cfg, progress=False))
+        facts["student_tiles"] = len(seen)
+        facts["student_tiles_on_slides"] = len({str(Path(q).resolve()) for q in seen} & {
+            str(Path(q).resolve()) for q in _source_paths(source)})
+    return facts
+
+
+def _source_paths(source: pd.DataFrame) -> list[str]:
+    from maga_core.data.tiles import tile_table
+
+    out = []
+    for dataset, sub in source.groupby("dataset"):
+        paths = tile_table(dataset).set_index("relpath")["path"]
+        out += paths.loc[sub["tile"]].tolist()
+    return out
+
+
 def run_experiment(cfg: ExperimentConfig, root: str | Path, progress: bool = True) -> dict[str, pd.DataFrame]:
     """All stages, each resumed from what `root` already holds; returns the result tables. Refuses
     (MagaError) a cohort whose test slides show a tile the student or an aggregator trained on."""
@@ -355,7 +391,7 @@ def slide_maps(root: str | Path, cfg: ExperimentConfig, slide: str, model: str =
         net, tcfg = load_checkpoint(where / f"fold_{fold:02d}" / "checkpoint.pt")
         ff = read_features(root / "features" / setting / f"{slide}.h5")
         with torch_threads(tcfg.threads):
-            out = net(torch.from_numpy(ff.features))
+            out = net(torch.from_numpy(ff.features), coords=torch.from_numpy(ff.coords))
             scores = out.scores() if callable(out.scores) else out.scores
         clusters = KMeans(n_clusters=min(k, len(ff)), n_init=10, random_state=seed).fit_predict(ff.features)
         if ref is None:
@@ -443,8 +479,9 @@ def save_summary(tables: dict[str, pd.DataFrame], cfg: ExperimentConfig) -> Path
     section = PAPER_KEYS[cfg.cohort.task][0]
     c = cfg.cohort
     features = f"{cfg.encoder} (ImageNet) features and its MAGA student (native 5x) instead of ResNet50"
-    note = (f"Mosaic slides of real H&E tiles (LC25000 lung, 0.5 um/px), {c.n_patients * c.slides_per_patient} "
-            f"slides, {cfg.folds or c.folds}-fold patient-level CV; {features}; "
+    note = (f"Mosaic slides of real H&E tiles (LC25000 lung, 0.5 um/px) from splits no model trained on, "
+            f"{c.n_patients * c.slides_per_patient} slides, {cfg.folds or c.folds}-fold patient-level CV with "
+            f"patient-level bootstrap CIs; {features}; "
             + ("training settings as in the papers" if not cfg.train else
                "training settings of the preset where they differ from the papers' (experiment_config.json)")
             + ". Not the paper's cohort: compare trends, not values.")
