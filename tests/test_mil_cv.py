@@ -229,3 +229,18 @@ def test_experiment_model_names_carry_placement_and_clam_subtyping():
     assert train_overrides(cfg, "clam_sb")["model_kw"] == {"subtyping": True}  # upstream NSCLC
     lesion = ExperimentConfig.from_dict({"cohort": {"task": "lesion"}, "models": ["clam_sb"]})
     assert train_overrides(lesion, "clam_sb")["model_kw"] == {"subtyping": False}  # upstream CAMELYON16
+
+
+def test_cross_validations_side_by_side_equal_one_at_a_time(real_features, tmp_path):
+    from maga_core.mil.experiment import _run_all
+
+    cohort, features = real_features
+    def configs(where):
+        return [CVConfig.create(m, features, cohort.labels_csv(), tmp_path / where / m,
+                                train_overrides={"max_epochs": 1}, folds=3, bootstrap=10) for m in ("abmil", "clam_sb")]
+    _run_all(configs("one"), 1, progress=False)
+    _run_all(configs("two"), 2, progress=False)
+    for m in ("abmil", "clam_sb"):
+        a = pd.read_csv(tmp_path / "one" / m / "predictions.csv")
+        b = pd.read_csv(tmp_path / "two" / m / "predictions.csv")
+        pd.testing.assert_frame_equal(a, b)

@@ -58,6 +58,8 @@ class ExperimentConfig:
     # model -> TrainConfig overrides each fold chooses among on its validation part (mil.cv candidates)
     candidates: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     clam_subtyping: bool | None = None  # None: upstream's choice for the task (CLAM_SUBTYPING)
+    placement_settings: list[str] | None = None  # settings in which "@coords" models run; None: all
+    cv_workers: int = 1  # cross-validations run side by side (each trains on one thread)
     student: dict[str, Any] = field(default_factory=dict)  # ensure_student arguments beyond the teacher
     bootstrap: int = 500
     num_workers: int = 0  # feature-extraction reader processes
@@ -73,6 +75,12 @@ class ExperimentConfig:
 def base_model(model: str) -> str:
     """The aggregator behind a model name ("gltrans@coords" -> "gltrans")."""
     return model.removesuffix(PLACED)
+
+
+def runs(cfg: ExperimentConfig) -> list[tuple[str, str]]:
+    """Every (setting, model) this experiment cross-validates, in setting order."""
+    return [(s, m) for s in cfg.settings for m in cfg.models
+            if not m.endswith(PLACED) or cfg.placement_settings is None or s in cfg.placement_settings]
 
 
 def train_overrides(cfg: ExperimentConfig, model: str) -> dict[str, Any]:
@@ -103,7 +111,7 @@ def trained_tiles(student: str | Path) -> list[Path]:
 
 def cv_dir(root: str | Path, cfg: ExperimentConfig, setting: str, model: str) -> Path:
     """Where one model's cross-validation in one setting lives (cv_dir(...)/fold_XX/checkpoint.pt, ...)."""
-    if setting not in cfg.settings or model not in cfg.models:
+    if (setting, model) not in runs(cfg):
         raise MagaError(f"this experiment runs no {model} at {setting}", root)
     return Path(root) / "cv" / setting / model
 
@@ -158,21 +166,21 @@ def results_table(root: Path, cfg: ExperimentConfig) -> pd.DataFrame:
     """One row per model x setting: mean AUC over folds with its patient-level 95% CI, pooled AUC/F1, the
     paper's figure."""
     rows = []
-    for setting in cfg.settings:
-        for model in cfg.models:
-            s = load_results(cv_dir(root, cfg, setting, model))["summary"]
-            mean, pooled = s["mean_over_folds"], s["pooled"]
-            key, paper, paper_ci = paper_figure(cfg.cohort.task, model, setting)
-            patients = load_results(cv_dir(root, cfg, setting, model))["predictions"]["patient"].nunique()
-            rows.append({
-                "model": model, "setting": SETTINGS[setting], "folds": s["n_folds"], "slides": s["n_slides"],
-                "patients": int(patients),
-                "auc_mean": mean["auc"]["value"], "auc_ci_low": mean["auc"]["ci_low"], "auc_ci_high": mean["auc"]["ci_high"],
-                "auc_pooled": pooled["auc"]["value"], "auc_pooled_ci_low": pooled["auc"]["ci_low"],
-                "auc_pooled_ci_high": pooled["auc"]["ci_high"], "f1_mean": mean["f1"]["value"],
-                "accuracy_mean": mean["accuracy"]["value"], "paper_key": key, "paper_auc": paper,
-                "paper_ci_low": paper_ci[0] if paper_ci else None, "paper_ci_high": paper_ci[1] if paper_ci else None,
-            })
+    for setting, model in runs(cfg):
+        res = load_results(cv_dir(root, cfg, setting, model))
+        s = res["summary"]
+        mean, pooled = s["mean_over_folds"], s["pooled"]
+        key, paper, paper_ci = paper_figure(cfg.cohort.task, model, setting)
+        patients = res["predictions"]["patient"].nunique()
+        rows.append({
+            "model": model, "setting": SETTINGS[setting], "folds": s["n_folds"], "slides": s["n_slides"],
+            "patients": int(patients),
+            "auc_mean": mean["auc"]["value"], "auc_ci_low": mean["auc"]["ci_low"], "auc_ci_high": mean["auc"]["ci_high"],
+            "auc_pooled": pooled["auc"]["value"], "auc_pooled_ci_low": pooled["auc"]["ci_low"],
+            "auc_pooled_ci_high": pooled["auc"]["ci_high"], "f1_mean": mean["f1"]["value"],
+            "accuracy_mean": mean["accuracy"]["value"], "paper_key": key, "paper_auc": paper,
+            "paper_ci_low": paper_ci[0] if paper_ci else None, "paper_ci_high": paper_ci[1] if paper_ci else None,
+        })
     return pd.DataFrame(rows)
 
 
@@ -196,7 +204,7 @@ def delong_table(root: Path, cfg: ExperimentConfig) -> pd.DataFrame:
     rows = []
     for model in cfg.models:
         for a, b in (("5x_maga", "5x"), ("5x_maga", "5x_up"), ("5x_maga", "20x"), ("5x", "20x")):
-            if a in cfg.settings and b in cfg.settings:
+            if (a, model) in runs(cfg) and (b, model) in runs(cfg):
                 r = _paired(root, cfg, (a, model), (b, model))
                 if r:
                     rows.append({"model": model, "a": SETTINGS[a], "b": SETTINGS[b], **r})
@@ -210,7 +218,8 @@ def placement_table(root: Path, cfg: ExperimentConfig) -> pd.DataFrame:
         if not model.endswith(PLACED) or base_model(model) not in cfg.models:
             continue
         for setting in cfg.settings:
-            r = _paired(root, cfg, (setting, model), (setting, base_model(model)))
+            r = _paired(root, cfg, (setting, model), (setting, base_model(model))) if (setting, model) in runs(cfg) \
+                else None
             if r:
                 rows.append({"model": base_model(model), "setting": SETTINGS[setting], "auc_coords": r["auc_a"],
                              "auc_sequence": r["auc_b"], "z": r["z"], "p_value": r["p_value"], "n": r["n"],
@@ -225,10 +234,9 @@ TABLES = ("auc", "delong", "placement", "selection")
 def selection_table(root: Path, cfg: ExperimentConfig) -> pd.DataFrame:
     """Which candidate setting each fold chose on its validation part (models with candidates)."""
     parts = []
-    for setting in cfg.settings:
-        for model in cfg.models:
-            for f in sorted(cv_dir(root, cfg, setting, model).glob("fold_*/selection.csv")):
-                parts.append(pd.read_csv(f).assign(model=model, setting=SETTINGS[setting]))
+    for setting, model in runs(cfg):
+        for f in sorted(cv_dir(root, cfg, setting, model).glob("fold_*/selection.csv")):
+            parts.append(pd.read_csv(f).assign(model=model, setting=SETTINGS[setting]))
     cols = ["model", "setting", "fold", "candidate", "overrides", "val_auc", "val_loss", "best_epoch", "chosen"]
     return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
 
@@ -280,15 +288,17 @@ def run_experiment(cfg: ExperimentConfig, root: str | Path, progress: bool = Tru
     student = student_checkpoint(cfg, progress) if "5x_maga" in cfg.settings else None
     check_leaks(cohort.tiles, trained_tiles(student) if student else None, folds=folds)
     save_config(cfg, root, "experiment_config.json")
+    todo = []
     for setting in cfg.settings:
         feats = extract_setting(cfg, setting, cohort.root / "slides", root / "features" / setting, progress)
-        for model in cfg.models:
+        for model in [m for s, m in runs(cfg) if s == setting]:
             out = cv_dir(root, cfg, setting, model)
             cv = CVConfig.create(base_model(model), feats, cohort.labels_csv(), out,
                                  train_overrides=train_overrides(cfg, model), folds=folds, bootstrap=cfg.bootstrap,
                                  candidates=cfg.candidates.get(model, []))
             if not (out / "summary.json").is_file():
-                run_cv(cv, progress=progress)
+                todo.append(cv)
+    _run_all(todo, cfg.cv_workers, progress)
     tables = {"auc": results_table(root, cfg), "delong": delong_table(root, cfg),
               "placement": placement_table(root, cfg), "selection": selection_table(root, cfg)}
     for name, table in tables.items():
@@ -297,13 +307,40 @@ def run_experiment(cfg: ExperimentConfig, root: str | Path, progress: bool = Tru
     return tables
 
 
+def _run_all(todo: list[CVConfig], workers: int, progress: bool) -> None:
+    """Run the cross-validations, `workers` at a time in separate processes: training uses one thread,
+    so on a machine with more cores this divides the wall time. Each run is seeded and writes its own
+    folder, so the results do not depend on the number of workers."""
+    if workers <= 1 or len(todo) <= 1:
+        for cv in todo:
+            run_cv(cv, progress=progress)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = [pool.submit(run_cv, cv, False) for cv in todo]
+        for job in tqdm(jobs, desc="cross-validations", disable=not progress):
+            job.result()
+
+
+_NOT_IN_KEY = {"num_workers", "cv_workers"}  # how the run is spread over processes, not what it computes
+
+
+def _identity(d: dict[str, Any]) -> dict[str, Any]:
+    """The configuration fields that decide the results (JSON-normalised)."""
+    return {k: v for k, v in json.loads(json.dumps(d)).items() if k not in _NOT_IN_KEY and k != "kind"}
+
+
 def default_root(cfg: ExperimentConfig) -> Path:
     """runs/<preset>/mil_evidence/<task>_<hash of the config>: chapters 04 and 05 share one run."""
     import hashlib
 
     from maga_core.presets import runs_dir
 
-    key = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    key = hashlib.sha256(json.dumps(_identity(dataclasses.asdict(cfg)), sort_keys=True).encode()).hexdigest()[:10]
     return runs_dir() / "mil_evidence" / f"{cfg.cohort.task}_{key}"
 
 
@@ -314,9 +351,7 @@ def ensure_experiment(cfg: ExperimentConfig, root: str | Path | None = None,
     root = Path(root) if root is not None else default_root(cfg)
     saved = root / "experiment_config.json"
     if saved.is_file():
-        before = json.loads(saved.read_text())
-        before.pop("kind", None)
-        if before != json.loads(json.dumps(dataclasses.asdict(cfg))):
+        if _identity(json.loads(saved.read_text())) != _identity(dataclasses.asdict(cfg)):
             raise MagaError("holds an experiment with another configuration; choose another folder", root)
         if all((root / f"{n}_table.csv").is_file() for n in TABLES):
             return {n: pd.read_csv(root / f"{n}_table.csv") for n in TABLES}
@@ -328,10 +363,9 @@ def ensure_experiment(cfg: ExperimentConfig, root: str | Path | None = None,
 def fold_aucs(root: str | Path, cfg: ExperimentConfig) -> dict[str, list[float]]:
     """'model setting' -> per-fold test AUCs (box plots)."""
     out = {}
-    for setting in cfg.settings:
-        for model in cfg.models:
-            fm = load_results(cv_dir(root, cfg, setting, model))["fold_metrics"]
-            out[f"{model} {SETTINGS[setting]}"] = fm.loc[fm["metric"] == "auc", "value"].tolist()
+    for setting, model in runs(cfg):
+        fm = load_results(cv_dir(root, cfg, setting, model))["fold_metrics"]
+        out[f"{model} {SETTINGS[setting]}"] = fm.loc[fm["metric"] == "auc", "value"].tolist()
     return out
 
 

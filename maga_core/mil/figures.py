@@ -36,7 +36,7 @@ def evidence_table(auc: pd.DataFrame, delong: pd.DataFrame) -> pd.DataFrame:
 
     cells = auc.assign(cell=[ci(*r) for r in auc[["auc_mean", "auc_ci_low", "auc_ci_high"]].to_numpy()])
     wide = cells.pivot(index="model", columns="setting", values="cell")
-    wide = wide[list(dict.fromkeys(auc["setting"]))].reindex(list(dict.fromkeys(auc["model"])))
+    wide = wide[list(dict.fromkeys(auc["setting"]))].reindex(list(dict.fromkeys(auc["model"]))).fillna("")
     maga = delong[delong["a"] == "5x+MAGA"] if len(delong) else delong
     for b in dict.fromkeys(maga["b"]) if len(maga) else []:
         p = maga[maga["b"] == b].set_index("model")["p_value"]
