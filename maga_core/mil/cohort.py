@@ -325,7 +325,7 @@ def ensure_cohort(cfg: CohortConfig, root: str | Path, progress: bool = True) ->
 
 # ---------------------------------------------------------------- leak check
 
-def _tile_keys(dataset: str, tile: str, group: str, path: str) -> set[tuple[str, str]]:
+def _tile_keys(dataset: str, group: str, path: str) -> set[tuple[str, str]]:
     """Identities of one source tile: its file and its near-duplicate cluster / TCGA case."""
     return {("file", str(Path(path).resolve())), (dataset, f"group:{group}")}
 
@@ -340,7 +340,7 @@ def check_leaks(tiles: pd.DataFrame, trained_on: list[str | Path] | None = None,
     datasets = sorted(tiles["dataset"].unique())
     lookup = pd.concat([tile_table(d).assign(dataset=d) for d in datasets], ignore_index=True)
     paths = {(d, r): p for d, r, p in zip(lookup["dataset"], lookup["relpath"], lookup["path"])}
-    keys = [_tile_keys(t.dataset, t.tile, str(t.group), paths.get((t.dataset, t.tile), t.tile))
+    keys = [_tile_keys(t.dataset, str(t.group), paths.get((t.dataset, t.tile), t.tile))
             for t in tiles.itertuples()]
     if trained_on:
         by_path = {str(Path(p).resolve()): (d, g) for d, g, p in zip(lookup["dataset"], lookup["group"], lookup["path"])}

@@ -8,7 +8,8 @@ splits file (e.g. the upstream study's lists, `maga_core.data.cohorts`).
 
 Results are tidy files the book reads: predictions.csv (one row per test slide per fold),
 fold_metrics.csv (one row per fold and metric, with a bootstrap CI), bootstrap.csv (the resampled AUCs
-behind the box plots), summary.json (pooled and mean-over-folds metrics with CIs), config.json.
+behind the box plots), summary.json (pooled and mean-over-folds metrics with CIs), config.json, and per
+fold selection.csv when the fold chose among candidate settings on its validation part.
 """
 
 from __future__ import annotations
@@ -177,7 +178,8 @@ def summarize(out_dir: str | Path, n_boot: int = 500, confidence: float = 0.95, 
     Pooled: all test predictions of all folds together. Mean over folds: the mean of per-fold values,
     with two CIs: `ci_low/ci_high` from the same resamples (each replicate resamples every fold's test
     patients - all slides of a drawn patient together, since they share tissue - and averages the fold
-    values: the paper's "resample the patients in each fold 500 times"), and `t_ci_low/t_ci_high`, Student's t over the fold values (spread between folds).
+    values: the paper's "resample the patients in each fold 500 times"), and `t_ci_low/t_ci_high`,
+    Student's t over the fold values (spread between folds).
     """
     from scipy import stats as sps
 
