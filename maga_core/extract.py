@@ -11,6 +11,7 @@ sharded by torch.distributed rank when started with torchrun (each rank writes o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -51,6 +52,7 @@ class ExtractConfig:
     out: str
     mag: float | None = None  # None: the student's input magnification (an encoder needs one)
     student: str | None = None  # MAGA student checkpoint; its input pipeline replaces the encoder's
+    upsample_px: int | None = None  # encoder only: patches resized (bilinear) to this side first, e.g. 5x -> 256 px
     weights: str | None = None  # encoder weights: None default source, a path, or "random"
     mpp: float | None = None  # slides: level-0 MPP override; tiles: the tiles' MPP (required)
     input_kind: str = "auto"  # auto | slides | tiles
@@ -114,6 +116,18 @@ def load_model(encoder: str, mag: float | None = None, student: str | Path | Non
 
     net = build(encoder, weights=weights)
     return FeatureModel(net, net.transform, float(mag), patch_px_for_mag(float(mag)), encoder, "", channels_last)
+
+
+def upsampled(model: FeatureModel, px: int) -> FeatureModel:
+    """The encoder fed its patches resized to `px` (the fair no-MAGA baseline at low magnification: the
+    teacher at the input size it was trained for), with the same resize as an upsample-mode student."""
+    from maga_core.maga.student import InputPipeline
+
+    if model.student_sha256:
+        raise MagaError("upsample_px applies to a plain encoder, not to a MAGA student")
+    spec = model.module.spec
+    pipe = InputPipeline("upsample", model.patch_px, int(px), tuple(spec.mean), tuple(spec.std))
+    return dataclasses.replace(model, preprocess=pipe)
 
 
 def auto_batch_size(patch_px: int) -> int:
@@ -343,6 +357,8 @@ def extract_batch(cfg: ExtractConfig) -> BatchReport:
             todo.append((src, dst))
     if todo:
         model = load_model(cfg.encoder, cfg.mag, cfg.student, cfg.weights, cfg.channels_last)
+        if cfg.upsample_px:
+            model = upsampled(model, cfg.upsample_px)
         save_config(cfg, out_dir)
     for src, dst in tqdm(todo, desc="slides", unit="slide", disable=not cfg.progress or len(todo) < 2):
         try:

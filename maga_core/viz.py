@@ -22,7 +22,7 @@ RENDERER = "maga_offline"
 # Categorical colours (cluster maps, classes): colour-blind-safe Okabe-Ito order.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 # One colour per input setting, used by every chapter so that 20x / 5x / 5x+MAGA read the same way.
-SETTING_COLORS = {"20x": "#0072B2", "10x": "#56B4E9", "5x": "#D55E00", "5x+MAGA": "#009E73",
+SETTING_COLORS = {"20x": "#0072B2", "10x": "#56B4E9", "5x": "#D55E00", "5x upsampled": "#E69F00", "5x+MAGA": "#009E73",
                   "10x+MAGA": "#00A087", "paper": "#7F7F7F", "ours": "#0072B2"}
 
 

@@ -117,3 +117,28 @@ def test_upstream_cohorts_give_labels_and_disjoint_folds(name, task, n_cases, co
         assert not tests["slide"].duplicated().any() and set(tests["slide"]) == set(c.labels["slide"])
     else:
         assert any("repeated" in n for n in c.notes)
+
+
+def test_leak_check_refuses_test_slides_with_tiles_seen_in_training():
+    from maga_core.data.tiles import tile_table
+    from maga_core.maga.tilesource import resolve_tiles
+    from maga_core.mil.cohort import LC25000, check_leaks
+
+    cfg = CohortConfig(n_patients=6, slides_per_patient=1, folds=3, grid=5)
+    _, tiles = plan_cohort(cfg)
+    student = resolve_tiles(["lc25000_lung_224_dedup:train", "uni_tcga_luadlusc:train"])
+    check_leaks(tiles, student, folds=3)  # held-out tiles: nothing the student saw
+    # one cohort tile added to the student's training set is refused
+    path = tile_table(LC25000).set_index("relpath").loc[tiles["tile"].iloc[0], "path"]
+    with pytest.raises(MagaError, match="seen by the MAGA student"):
+        check_leaks(tiles, student + [path], folds=3)
+    # the old cohort, drawn from every split, leaks into the student's training tiles
+    _, every_split = plan_cohort(dataclasses.replace(cfg, tile_splits=()))
+    with pytest.raises(MagaError, match="seen by the MAGA student"):
+        check_leaks(every_split, student, folds=3)
+    # a test slide reusing a tile placed on another fold's slide is refused (the aggregator trained on it)
+    bad = tiles.copy()
+    i, j = bad.index[bad["fold"] == 0][0], bad.index[bad["fold"] == 1][0]
+    bad.loc[i, ["dataset", "tile", "group"]] = bad.loc[j, ["dataset", "tile", "group"]].to_numpy()
+    with pytest.raises(MagaError, match="test slides of fold 0 share"):
+        check_leaks(bad, None, folds=3)

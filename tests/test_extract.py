@@ -229,3 +229,20 @@ def test_bench_extract_reports_every_field(tmp_path, capsys):
         assert row[key] > 0, key
     assert row["random_init"] is False and result["slide"]["patches"] > 0
     assert row["pipeline_tiles_per_s"] == pytest.approx(result["slide"]["patches"] / row["slide_seconds_20x"], rel=1e-3)
+
+
+def test_upsampled_encoder_sees_its_low_magnification_patch_at_full_size(model_5x):
+    """The 5x-upsampled baseline: 64 px patches resized (bilinear) to 256 px before the teacher."""
+    import torch.nn.functional as F
+
+    from maga_core.extract import upsampled
+
+    up = upsampled(model_5x, 256)
+    patches = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    x = up.preprocess(patches)
+    assert x.shape == (2, 3, 256, 256) and (up.mag, up.patch_px) == (5.0, 64)
+    raw = torch.from_numpy(patches).permute(0, 3, 1, 2).float() / 255
+    big = F.interpolate(raw, size=(256, 256), mode="bilinear", align_corners=False)
+    direct = model_5x.preprocess(np.ascontiguousarray((big * 255).round().byte().permute(0, 2, 3, 1).numpy()))
+    assert torch.allclose(x, direct, atol=0.05)  # same normalisation; only the uint8 rounding differs
+    assert up(x).shape == (2, model_5x.dim)

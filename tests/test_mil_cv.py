@@ -201,3 +201,46 @@ def test_summary_figures_carry_the_paper_keys_and_maga_gain(reference_file):
     assert fig["maga_auc_increment_percent"] == {"transmil": {"camelyon16": {"x5": 25.0}}}  # relative gain
     assert fig["cross_validation"]["split"] == "80/10/10 train/val/test, patient-level"
     assert fig["gltrans"]["optimizer"] == {"name": "lookahead_radam", "lr": 1e-3, "weight_decay": 1e-5}
+
+
+def test_candidate_settings_are_chosen_on_validation_only(real_features, tmp_path):
+    cohort, features = real_features
+    out = tmp_path / "cv"
+    cfg = CVConfig.create("abmil", features, cohort.labels_csv(), out, train_overrides={"max_epochs": 2},
+                          folds=3, bootstrap=20, candidates=[{"lr": 1e-3}, {"lr": 0.0}])
+    run_cv(cfg, progress=False)
+    for f in range(3):
+        sel = pd.read_csv(out / f"fold_{f:02d}" / "selection.csv")
+        assert sel["candidate"].tolist() == [0, 1] and sel["chosen"].sum() == 1
+        key = list(zip(sel["val_auc"].fillna(-np.inf), -sel["val_loss"]))
+        assert sel["chosen"].to_numpy().argmax() == max(range(2), key=lambda i: key[i])
+        chosen = int(sel.loc[sel["chosen"], "candidate"].iloc[0])
+        fold = out / f"fold_{f:02d}"
+        assert (fold / "checkpoint.pt").read_bytes() == (fold / f"candidate_{chosen}" / "checkpoint.pt").read_bytes()
+
+
+def test_experiment_model_names_carry_placement_and_clam_subtyping():
+    from maga_core.mil.experiment import ExperimentConfig, train_overrides
+
+    cfg = ExperimentConfig.from_dict({"cohort": {"task": "subtype"}, "models": ["gltrans", "gltrans@coords", "clam_sb"],
+                                      "train": {"gltrans": {"model_kw": {"dim": 64}}}})
+    assert train_overrides(cfg, "gltrans")["model_kw"] == {"dim": 64}
+    assert train_overrides(cfg, "gltrans@coords")["model_kw"] == {"dim": 64, "placement": "coords"}
+    assert train_overrides(cfg, "clam_sb")["model_kw"] == {"subtyping": True}  # upstream NSCLC
+    lesion = ExperimentConfig.from_dict({"cohort": {"task": "lesion"}, "models": ["clam_sb"]})
+    assert train_overrides(lesion, "clam_sb")["model_kw"] == {"subtyping": False}  # upstream CAMELYON16
+
+
+def test_cross_validations_side_by_side_equal_one_at_a_time(real_features, tmp_path):
+    from maga_core.mil.experiment import _run_all
+
+    cohort, features = real_features
+    def configs(where):
+        return [CVConfig.create(m, features, cohort.labels_csv(), tmp_path / where / m,
+                                train_overrides={"max_epochs": 1}, folds=3, bootstrap=10) for m in ("abmil", "clam_sb")]
+    _run_all(configs("one"), 1, progress=False)
+    _run_all(configs("two"), 2, progress=False)
+    for m in ("abmil", "clam_sb"):
+        a = pd.read_csv(tmp_path / "one" / m / "predictions.csv")
+        b = pd.read_csv(tmp_path / "two" / m / "predictions.csv")
+        pd.testing.assert_frame_equal(a, b)

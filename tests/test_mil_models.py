@@ -173,3 +173,35 @@ def test_transformer_scores_are_computed_only_when_read():
     assert callable(out.__dict__["scores"])  # a training step that ignores scores pays nothing
     scores = out.scores
     assert scores.shape == (9,) and out.__dict__["scores"] is scores and not scores.requires_grad
+
+
+def test_coordinate_layout_places_instances_at_their_tissue_cells():
+    from maga_core.mil.layers import Layout
+
+    # a 2 x 3 field of 256 px patches at level 0, one cell (row 1, col 0) without tissue, bag out of order
+    coords = torch.tensor([[512, 256], [0, 0], [256, 256], [512, 0], [256, 0]])
+    layout = Layout.from_coords(coords)
+    assert (layout.height, layout.width) == (2, 3)
+    tokens = torch.arange(5, dtype=torch.float32)[layout.index][None, :, None] + 1  # value = instance + 1
+    grid = layout.to_grid(tokens)[0, 0]
+    assert grid.tolist() == [[2.0, 5.0, 4.0], [0.0, 3.0, 1.0]]
+    assert torch.equal(layout.from_grid(layout.to_grid(tokens)), tokens)
+
+
+@pytest.mark.parametrize("name", ["gltrans", "transmil"])
+def test_coordinate_placement_ignores_bag_order_and_sequence_placement_does_not(name):
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(23, 16, generator=gen)
+    coords = torch.stack(torch.meshgrid(torch.arange(5), torch.arange(5), indexing="ij"), -1).reshape(-1, 2)[:23] * 64
+    perm = torch.randperm(23, generator=gen)
+    outs = {}
+    for placement in ("coords", "sequence"):
+        torch.manual_seed(0)
+        model = mil.build(name, 16, 2, dim=32, placement=placement).eval()
+        with torch.no_grad():
+            a = model(feats, coords=coords).logits
+            b = model(feats[perm], coords=coords[perm]).logits
+        outs[placement] = (a - b).abs().max().item()
+    assert outs["coords"] < 1e-5 and outs["sequence"] > 1e-4
+    with pytest.raises(ValueError, match="coords"):
+        mil.build(name, 16, 2, dim=32, placement="coords")(feats)

@@ -128,3 +128,49 @@ def test_bad_input_is_a_clear_error():
         stats.classification_metrics([0, 1, 1], np.zeros((2, 2)))
     with pytest.raises(MagaError, match="labels outside"):
         stats.classification_metrics([0, 2], np.full((2, 2), 0.5))
+
+
+def _signal(n, seed, effect=1.0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    return y, rng.normal(size=n) + effect * y
+
+
+def test_cluster_bootstrap_resamples_whole_patients_keeping_class_makeup():
+    y = np.array([0, 1, 0, 1, 0, 0, 1, 1])
+    groups = np.array(["a", "a", "b", "b", "c", "c", "d", "d"])  # a, b mixed; c all 0; d all 1
+    counts = stats.cluster_counts(y, groups, 200, seed=0)
+    assert (counts[:, 0] == counts[:, 1]).all() and (counts[:, 4] == counts[:, 5]).all()  # patients stay whole
+    assert (counts[:, [0, 2]].sum(axis=1) == 2).all()  # two mixed patients drawn per replicate
+    assert (counts[:, 4] == 1).all() and (counts[:, 6] == 1).all()  # the single pure patients always drawn once
+    # singleton groups: the same multiplicities as an ordinary stratified bootstrap would draw
+    fast = stats.metrics_of_counts(y, np.stack([1 - y * 0.7, y * 0.7 + 0.1], 1), counts)
+    assert not np.isnan(fast["auc"]).any()
+
+
+def test_duplicated_slides_do_not_narrow_patient_level_intervals():
+    """Counting every slide twice halves the variance of a slide-level bootstrap and DeLong; clustered
+    by patient, neither moves."""
+    y, s = _signal(60, 8)
+    patient = np.arange(60)
+    y2, s2, patient2 = np.repeat(y, 2), np.repeat(s, 2), np.repeat(patient, 2)
+
+    def width(yy, ss, groups):
+        auc = stats.bootstrap_metrics(yy, ss, n_boot=3000, seed=1, groups=groups)["metrics"]["auc"]
+        return auc["ci_high"] - auc["ci_low"]
+
+    base = width(y, s, patient)
+    assert width(y2, s2, patient2) >= 0.9 * base
+    assert width(y2, s2, None) < 0.8 * base  # the slide-level bootstrap is fooled (the test can fail)
+
+    noise = np.random.default_rng(9).normal(size=60)
+    _, cov = stats.delong_covariance(y, s, s + noise, groups=patient)
+    _, cov_dup = stats.delong_covariance(y2, s2, np.repeat(s + noise, 2), groups=patient2)
+    np.testing.assert_allclose(cov_dup, cov, rtol=1e-9)
+    _, naive = stats.delong_covariance(y2, s2, np.repeat(s + noise, 2))
+    assert naive[0, 0] < 0.6 * cov[0, 0]
+    # one slide per patient: the clustered variance is DeLong's up to its small-sample factors
+    _, plain = stats.delong_covariance(y, s)
+    assert cov[0, 0] == pytest.approx(plain[0, 0], rel=0.1)
+    grouped = stats.delong_test(y2, s2, np.repeat(s + noise, 2), groups=patient2)
+    assert grouped.p_value == pytest.approx(stats.delong_test(y, s, s + noise, groups=patient).p_value)

@@ -10,9 +10,12 @@ H&E photographs. Two tasks:
   squamous, from LC25000 and from the TCGA tiles of uni_tcga_luadlusc (one TCGA case = one patient),
   set in benign lung.
 
-Leakage is ruled out by construction: every near-duplicate cluster (LC25000 `group`) and every TCGA case
-is dealt to exactly one patient, and every patient to one fold, before any slide is drawn; a patient's
-slides reuse only that patient's tiles (in the 8 orientations of the square). Scale: uni_tcga_luadlusc
+Leakage is ruled out by construction and checked (`check_leaks`): tiles come only from the source
+datasets' held-out splits (`tile_splits`, default "test"), so a MAGA student trained on their train
+splits never saw them; every near-duplicate cluster (LC25000 `group`) and every TCGA case is dealt to
+exactly one patient, and every patient to one fold, before any slide is drawn; a patient's slides reuse
+only that patient's tiles (in the 8 orientations of the square), so no tile of a test slide is on a
+training or validation slide of its fold. Scale: uni_tcga_luadlusc
 tiles are ~0.5 um/px (manifest) and are placed as they are (centre crop 224 px); the LC25000 224 px copies
 have no documented scale and, by the project's convention (data manifest), are taken as 20x fields at
 0.5 um/px and placed unscaled. By the size of red cells they may be nearer 1 um/px; the mosaic then
@@ -57,6 +60,9 @@ class CohortConfig:
     lesion_cells: tuple[int, int] = (2, 5)  # lesion task: size of the carcinoma cluster, in cells
     tumour_fraction: tuple[float, float] = (0.3, 0.7)  # subtype task: share of tissue that is tumour
     include_tcga: bool = True  # subtype task: add the TCGA cases of uni_tcga_luadlusc as patients
+    # Splits of the source datasets the tiles come from: held out from every model that trains on tiles
+    # (the MAGA students train on the "train" splits), so no slide shows a tile a model has seen.
+    tile_splits: tuple[str, ...] = ("test",)
     mpp: float = 0.5
     seed: int = 16
 
@@ -90,7 +96,8 @@ def _source_tiles(cfg: CohortConfig) -> pd.DataFrame:
     if cfg.task == "subtype" and cfg.include_tcga:
         parts.append(tile_table(TCGA_TILES).assign(dataset=TCGA_TILES))
     tiles = pd.concat(parts, ignore_index=True)
-    return tiles[["dataset", "relpath", "path", "class", "group", "source"]]
+    tiles = tiles[tiles["split"].isin(cfg.tile_splits)] if cfg.tile_splits else tiles
+    return tiles[["dataset", "relpath", "path", "class", "group", "source"]].reset_index(drop=True)
 
 
 def _patients(cfg: CohortConfig, tiles: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
@@ -300,7 +307,7 @@ def load_cohort(root: str | Path) -> Cohort:
         raise MagaError("not a complete cohort (no cohort.json)", root)
     cfg = load_config(CohortConfig, root / "cohort_config.json")
     cfg = dataclasses.replace(cfg, tissue_fraction=tuple(cfg.tissue_fraction), lesion_cells=tuple(cfg.lesion_cells),
-                              tumour_fraction=tuple(cfg.tumour_fraction))
+                              tumour_fraction=tuple(cfg.tumour_fraction), tile_splits=tuple(cfg.tile_splits))
     return Cohort(root=root, slides=pd.read_csv(root / "slides.csv"), tiles=pd.read_csv(root / "tiles.csv"),
                   config=cfg)
 
@@ -314,3 +321,47 @@ def ensure_cohort(cfg: CohortConfig, root: str | Path, progress: bool = True) ->
             return load_cohort(root)
         raise MagaError("holds a cohort built with another configuration; choose another folder", root)
     return build_cohort(cfg, root, progress=progress)
+
+
+# ---------------------------------------------------------------- leak check
+
+def _tile_keys(dataset: str, group: str, path: str) -> set[tuple[str, str]]:
+    """Identities of one source tile: its file and its near-duplicate cluster / TCGA case."""
+    return {("file", str(Path(path).resolve())), (dataset, f"group:{group}")}
+
+
+def check_leaks(tiles: pd.DataFrame, trained_on: list[str | Path] | None = None, folds: int | None = None) -> None:
+    """Refuse a cohort whose test slides show a tile that a model trained on (MagaError).
+
+    `tiles` is the cohort's placement table (tiles.csv). Two checks: (1) no tile (or a near-duplicate
+    of it: same cluster / TCGA case) is among `trained_on`, the image files a MAGA student trained on;
+    (2) in every fold (the cohort's fold modulo `folds`), no test slide shares a tile or cluster with a
+    slide of another fold, which trains or validates the aggregator."""
+    datasets = sorted(tiles["dataset"].unique())
+    lookup = pd.concat([tile_table(d).assign(dataset=d) for d in datasets], ignore_index=True)
+    paths = {(d, r): p for d, r, p in zip(lookup["dataset"], lookup["relpath"], lookup["path"])}
+    keys = [_tile_keys(t.dataset, str(t.group), paths.get((t.dataset, t.tile), t.tile))
+            for t in tiles.itertuples()]
+    if trained_on:
+        by_path = {str(Path(p).resolve()): (d, g) for d, g, p in zip(lookup["dataset"], lookup["group"], lookup["path"])}
+        seen: set[tuple[str, str]] = set()
+        for p in trained_on:
+            resolved = str(Path(p).resolve())
+            seen.add(("file", resolved))
+            if resolved in by_path:
+                d, g = by_path[resolved]
+                seen.add((d, f"group:{g}"))
+        hit = [i for i, k in enumerate(keys) if k & seen]
+        if hit:
+            t = tiles.iloc[hit[0]]
+            raise MagaError(f"{len(hit)} tile placements on test slides were seen by the MAGA student in training, "
+                            f"e.g. {t['tile']} on {t['slide']}", t["dataset"])
+    fold = tiles["fold"].astype(int) % folds if folds else tiles["fold"].astype(int)
+    for f in sorted(fold.unique()):
+        inside = set().union(*(keys[i] for i in np.flatnonzero(fold.to_numpy() == f)))
+        outside_idx = np.flatnonzero(fold.to_numpy() != f)
+        hit = [i for i in outside_idx if keys[i] & inside]
+        if hit:
+            t = tiles.iloc[hit[0]]
+            raise MagaError(f"test slides of fold {f} share tiles with {len(hit)} placements on training slides, "
+                            f"e.g. {t['tile']} on {t['slide']}", t["dataset"])

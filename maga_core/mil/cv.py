@@ -8,12 +8,15 @@ splits file (e.g. the upstream study's lists, `maga_core.data.cohorts`).
 
 Results are tidy files the book reads: predictions.csv (one row per test slide per fold),
 fold_metrics.csv (one row per fold and metric, with a bootstrap CI), bootstrap.csv (the resampled AUCs
-behind the box plots), summary.json (pooled and mean-over-folds metrics with CIs), config.json.
+behind the box plots), summary.json (pooled and mean-over-folds metrics with CIs), config.json, and per
+fold selection.csv when the fold chose among candidate settings on its validation part.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,12 +46,20 @@ class CVConfig:
     bootstrap: int = 500
     confidence: float = 0.95
     train: TrainConfig = field(default_factory=TrainConfig)
+    # TrainConfig overrides tried in every fold: each is trained on the fold's train part and the one
+    # best on its validation part (AUC, then loss) is tested, so no setting is chosen on a test fold.
+    candidates: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def create(cls, model: str, features: str | Path, labels: str | Path, out: str | Path,
                train_overrides: dict[str, Any] | None = None, **kw: Any) -> "CVConfig":
         train = TrainConfig.for_model(model, **(train_overrides or {}))
         return cls(model=model, features=str(features), labels=str(labels), out=str(out), train=train, **kw)
+
+    def candidate_configs(self) -> list[TrainConfig]:
+        """The training settings a fold chooses among (just `train` when there are no candidates)."""
+        base = dataclasses.asdict(self.train)
+        return [TrainConfig(**{**base, **c}) for c in self.candidates] or [self.train]
 
 
 # ---------------------------------------------------------------- labels and splits
@@ -149,12 +160,13 @@ def check_splits(splits: pd.DataFrame) -> None:
 
 # ---------------------------------------------------------------- metrics
 
-def _metric_rows(y: np.ndarray, probs: np.ndarray, n_boot: int, confidence: float,
-                 seed: int) -> tuple[list[dict], dict[str, np.ndarray]]:
-    """Point metrics with bootstrap CIs (stratified resamples), and the resampled values of each metric."""
+def _metric_rows(y: np.ndarray, probs: np.ndarray, n_boot: int, confidence: float, seed: int,
+                 patients: np.ndarray) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Point metrics with bootstrap CIs (whole patients resampled, stratified by their classes), and the
+    resampled values of each metric."""
     from maga_core import stats
 
-    rep = stats.bootstrap_metrics(y, probs, n_boot=n_boot, confidence=confidence, seed=seed)
+    rep = stats.bootstrap_metrics(y, probs, n_boot=n_boot, confidence=confidence, seed=seed, groups=patients)
     rows = [{"metric": m, "value": v["value"], "ci_low": v["ci_low"], "ci_high": v["ci_high"]}
             for m, v in rep["metrics"].items()]
     return rows, {m: np.asarray(v, dtype=float) for m, v in rep["samples"].items()}
@@ -165,23 +177,25 @@ def summarize(out_dir: str | Path, n_boot: int = 500, confidence: float = 0.95, 
 
     Pooled: all test predictions of all folds together. Mean over folds: the mean of per-fold values,
     with two CIs: `ci_low/ci_high` from the same resamples (each replicate resamples every fold's test
-    slides, stratified, and averages the fold values: the paper's "resample the patients in each fold
-    500 times"), and `t_ci_low/t_ci_high`, Student's t over the fold values (spread between folds).
+    patients - all slides of a drawn patient together, since they share tissue - and averages the fold
+    values: the paper's "resample the patients in each fold 500 times"), and `t_ci_low/t_ci_high`,
+    Student's t over the fold values (spread between folds).
     """
     from scipy import stats as sps
 
     out_dir = Path(out_dir)
-    pred = pd.read_csv(out_dir / "predictions.csv", dtype={"slide": str})
+    pred = pd.read_csv(out_dir / "predictions.csv", dtype={"slide": str, "patient": str})
     prob_cols = sorted((c for c in pred.columns if c.startswith("prob_")), key=lambda c: int(c.split("_")[1]))
     metric_rows, boot_rows, fold_samples = [], [], []
     for f, sub in pred.groupby("fold", sort=True):
         rows, samples = _metric_rows(sub["label"].to_numpy(), sub[prob_cols].to_numpy(), n_boot, confidence,
-                                     seed + int(f))
+                                     seed + int(f), sub["patient"].to_numpy())
         metric_rows += [{"fold": int(f), "n": len(sub), **r} for r in rows]
         boot_rows.append(pd.DataFrame({"fold": int(f), "replicate": np.arange(n_boot), **samples}))
         fold_samples.append(samples)
     fold_metrics = pd.DataFrame(metric_rows)
-    pooled_rows, _ = _metric_rows(pred["label"].to_numpy(), pred[prob_cols].to_numpy(), n_boot, confidence, seed)
+    pooled_rows, _ = _metric_rows(pred["label"].to_numpy(), pred[prob_cols].to_numpy(), n_boot, confidence, seed,
+                                  pred["patient"].to_numpy())
     alpha = (1 - confidence) / 2
     per_fold = fold_metrics.pivot(index="fold", columns="metric", values="value")
     mean_over_folds = {}
@@ -256,9 +270,8 @@ def run_cv(cfg: CVConfig, progress: bool = True) -> dict[str, Any]:
             bags = {p: [all_bags[s] for s in sp.loc[sp["part"] == p, "slide"]] for p in PARTS}
             if not bags["train"] or not bags["test"]:
                 raise MagaError(f"fold {f} has an empty train or test set", cfg.splits or cfg.labels)
-            model, result = train_run(cfg.train, bags["train"], bags["val"], fold_dir, n_classes=len(classes),
-                                      progress=progress, desc=f"fold {f}")
-            with torch_threads(cfg.train.threads):
+            model, result, tcfg = _select_on_validation(cfg, bags, fold_dir, len(classes), progress, f)
+            with torch_threads(tcfg.threads):
                 p = predict_bags(model, bags["test"])["probs"]
             df = pd.DataFrame({"fold": int(f), "slide": [b.slide for b in bags["test"]],
                                "patient": sp.loc[sp["part"] == "test", "patient"].to_numpy(),
@@ -273,6 +286,40 @@ def run_cv(cfg: CVConfig, progress: bool = True) -> dict[str, Any]:
     with atomic_path(out / "predictions.csv") as tmp:
         pred.to_csv(tmp, index=False)
     return summarize(out, n_boot=cfg.bootstrap, confidence=cfg.confidence, seed=cfg.seed)
+
+
+def _select_on_validation(cfg: CVConfig, bags: dict[str, list], fold_dir: Path, n_classes: int, progress: bool,
+                          fold: int) -> tuple[Any, Any, TrainConfig]:
+    """Train every candidate setting on the train part; keep the one best on the validation part (its
+    AUC at the selected epoch, ties broken by lower loss). selection.csv records the choice."""
+    options = cfg.candidate_configs()
+    if len(options) == 1:
+        model, result = train_run(options[0], bags["train"], bags["val"], fold_dir, n_classes=n_classes,
+                                  progress=progress, desc=f"fold {fold}")
+        return model, result, options[0]
+    if not bags["val"]:
+        raise MagaError(f"fold {fold} has no validation part to choose among {len(options)} settings",
+                        cfg.splits or cfg.labels)
+    rows, runs = [], []
+    for i, tcfg in enumerate(options):
+        where = fold_dir / f"candidate_{i}"
+        model, result = train_run(tcfg, bags["train"], bags["val"], where, n_classes=n_classes,
+                                  progress=progress, desc=f"fold {fold} setting {i}")
+        best = result.history.loc[result.history["epoch"] == result.best_epoch].iloc[0]
+        auc = float(best["val_auc"]) if not np.isnan(best["val_auc"]) else -np.inf
+        rows.append({"fold": fold, "candidate": i, "overrides": json.dumps(cfg.candidates[i], sort_keys=True),
+                     "val_auc": best["val_auc"], "val_loss": best["val_loss"], "best_epoch": result.best_epoch,
+                     "key": (auc, -float(best["val_loss"]))})
+        runs.append((model, result, tcfg, where))
+    chosen = max(range(len(rows)), key=lambda i: rows[i]["key"])
+    for name in ("checkpoint.pt", "config.json", "history.csv"):
+        with atomic_path(fold_dir / name) as tmp:
+            shutil.copyfile(runs[chosen][3] / name, tmp)
+    table = pd.DataFrame([{k: v for k, v in r.items() if k != "key"} for r in rows]).assign(
+        chosen=lambda d: d["candidate"] == chosen)
+    with atomic_path(fold_dir / "selection.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    return runs[chosen][:3]
 
 
 def load_results(out_dir: str | Path) -> dict[str, Any]:

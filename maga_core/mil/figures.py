@@ -28,6 +28,22 @@ def auc_table(table: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def evidence_table(auc: pd.DataFrame, delong: pd.DataFrame) -> pd.DataFrame:
+    """Per model: mean AUC over folds [patient-level 95% CI] in every setting, then the patient-clustered
+    DeLong p-value of 5x+MAGA against each other setting (pooled test predictions)."""
+    def ci(v, lo, hi):
+        return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    cells = auc.assign(cell=[ci(*r) for r in auc[["auc_mean", "auc_ci_low", "auc_ci_high"]].to_numpy()])
+    wide = cells.pivot(index="model", columns="setting", values="cell")
+    wide = wide[list(dict.fromkeys(auc["setting"]))].reindex(list(dict.fromkeys(auc["model"]))).fillna("")
+    maga = delong[delong["a"] == "5x+MAGA"] if len(delong) else delong
+    for b in dict.fromkeys(maga["b"]) if len(maga) else []:
+        p = maga[maga["b"] == b].set_index("model")["p_value"]
+        wide[f"p: 5x+MAGA vs {b}"] = p.reindex(wide.index).map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
+    return wide.reset_index().rename_axis(columns=None)
+
+
 def auc_bars(table: pd.DataFrame, title: str = "Mean AUC over folds (95% CI)") -> go.Figure:
     """Bars per model, one colour per setting, CI whiskers; the paper's figure as a grey diamond."""
     fig = go.Figure()

@@ -7,8 +7,9 @@ branches in parallel on the instance tokens, each passing the class token throug
   over instances of q*k (per channel, unscaled), times v;
 their sum (so the class token enters twice) into a second Nystrom layer; LayerNorm; class token into
 Linear 512->C. Upstream pads non-square bags with random duplicates; here padding repeats the first
-instances unless `random_padding=True` (see `layers.square_index`). Instance scores (upstream has
-none): see `grid.GridTransformer`.
+instances unless `random_padding=True` (see `layers.square_index`). `placement="coords"` lays the
+instances out by their tissue coordinates instead, so the local branch sees real neighbours (see
+`grid.GridTransformer`). Instance scores (upstream has none): see `grid.GridTransformer`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 
 from maga_core.mil.base import register
 from maga_core.mil.grid_transformer import GridTransformer
-from maga_core.mil.layers import from_grid, to_grid
+from maga_core.mil.layers import Layout
 
 
 LOCAL_DILATIONS = (1, 3, 5)  # the paper's local branch
@@ -33,10 +34,10 @@ class LocalBranch(nn.Module):
             nn.Conv2d(dim, dim, 7, padding=3 * d, dilation=d, groups=dim) for d in dilations
         )
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        cls, grid = tokens[:, :1], to_grid(tokens[:, 1:])
+    def forward(self, tokens: torch.Tensor, layout: Layout) -> torch.Tensor:
+        cls, grid = tokens[:, :1], layout.to_grid(tokens[:, 1:])
         out = grid + sum(conv(grid) for conv in self.convs)
-        return torch.cat([cls, from_grid(out)], dim=1)
+        return torch.cat([cls, layout.from_grid(out)], dim=1)
 
 
 class GlobalBranch(nn.Module):
@@ -55,9 +56,9 @@ class GlobalBranch(nn.Module):
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, layout: Layout) -> torch.Tensor:
         cls, feat = tokens[:, :1], tokens[:, 1:]
-        kv = from_grid(self.act(self.bn(self.conv(to_grid(feat)))))
+        kv = layout.from_grid(self.act(self.bn(self.conv(layout.to_grid(feat)))))
         weights = (self.q(feat) * self.k(kv)).softmax(dim=1)
         return torch.cat([cls, weights * self.v(kv)], dim=1)
 
@@ -65,10 +66,11 @@ class GlobalBranch(nn.Module):
 @register("gltrans")
 class GLTrans(GridTransformer):
     def __init__(self, in_dim: int = 1024, n_classes: int = 2, dim: int = 512, dropout: float = 0.1,
-                 random_padding: bool = False, score_method: str = "integrated_gradients", score_steps: int = 16):
-        super().__init__(in_dim, n_classes, dim, dropout, random_padding, score_method, score_steps)
+                 random_padding: bool = False, score_method: str = "integrated_gradients", score_steps: int = 16,
+                 placement: str = "sequence"):
+        super().__init__(in_dim, n_classes, dim, dropout, random_padding, score_method, score_steps, placement)
         self.local = LocalBranch(dim)
         self.glob = GlobalBranch(dim)
 
-    def mix(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.local(tokens) + self.glob(tokens)
+    def mix(self, tokens: torch.Tensor, layout: Layout) -> torch.Tensor:
+        return self.local(tokens, layout) + self.glob(tokens, layout)

@@ -1,8 +1,11 @@
 """The skeleton that TransMIL and GLTrans share, and their per-instance scores.
 
-Linear D->dim + ReLU; the bag padded to a square grid by duplicating instances; a class token in
-front; Nystrom layer; a token mixer that sees the grid (subclasses: PPEG for TransMIL, local + global
-branches for GLTrans); Nystrom layer; LayerNorm; the class token into Linear dim->C.
+Linear D->dim + ReLU; the instances laid on a 2-D grid (`placement`): "sequence", upstream's, pads
+the bag to a square by duplicating instances and folds it in row by row, so grid neighbours are
+neighbours in bag order only; "coords" puts every instance at its level-0 tissue position (empty cells
+zero), so the convolutions see real tissue neighbourhoods. A class token in front; Nystrom layer; a
+token mixer that sees the grid (subclasses: PPEG for TransMIL, local + global branches for GLTrans);
+Nystrom layer; LayerNorm; the class token into Linear dim->C.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import torch
 from torch import nn
 
 from maga_core.mil.base import MILOutput, as_bag
-from maga_core.mil.layers import NystromBlock, integrated_gradients, square_index
+from maga_core.mil.layers import PLACEMENTS, Layout, NystromBlock, integrated_gradients
 
 SCORE_METHODS = ("integrated_gradients", "attention")
 
@@ -34,10 +37,13 @@ class GridTransformer(nn.Module):
     """
 
     def __init__(self, in_dim: int, n_classes: int, dim: int, dropout: float, random_padding: bool,
-                 score_method: str, score_steps: int):
+                 score_method: str, score_steps: int, placement: str = "sequence"):
         super().__init__()
         if score_method not in SCORE_METHODS:
             raise ValueError(f"score_method must be one of {SCORE_METHODS}, got {score_method!r}")
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+        self.placement = placement
         self.random_padding = random_padding
         self.score_method = score_method
         self.score_steps = score_steps
@@ -48,39 +54,47 @@ class GridTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, n_classes)
 
-    def mix(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Token mixer between the two Nystrom layers; `tokens` is [1, 1 + side^2, dim]."""
+    def mix(self, tokens: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """Token mixer between the two Nystrom layers; `tokens` is [1, 1 + L, dim] (class token first)."""
         raise NotImplementedError
 
-    def _tokens(self, bag: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Tokens entering the second Nystrom layer."""
-        h = self.embed(bag)[index]
-        return self.mix(self.attn1(torch.cat([self.cls_token, h[None]], dim=1)))
+    def layout(self, n: int, coords: torch.Tensor | None) -> Layout:
+        """The grid placement of a bag of n instances (see the module docstring)."""
+        if self.placement == "coords":
+            if coords is None or len(coords) != n:
+                raise ValueError("placement='coords' needs the level-0 coords of every instance")
+            return Layout.from_coords(torch.as_tensor(coords))
+        return Layout.sequence(n, self.random_padding)
 
-    def logits(self, bag: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        """Bag logits `[1, C]`; `index` (from `layers.square_index`) fixes the padding."""
+    def _tokens(self, bag: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """Tokens entering the second Nystrom layer."""
+        h = self.embed(bag)[layout.index]
+        return self.mix(self.attn1(torch.cat([self.cls_token, h[None]], dim=1)), layout)
+
+    def logits(self, bag: torch.Tensor, layout: Layout | None = None) -> torch.Tensor:
+        """Bag logits `[1, C]`; `layout` fixes the padding and placement (default: sequence)."""
         bag = as_bag(bag)
-        if index is None:
-            index = square_index(bag.shape[0], self.random_padding)
-        x = self.attn2(self._tokens(bag, index))
+        if layout is None:
+            layout = self.layout(bag.shape[0], None)
+        x = self.attn2(self._tokens(bag, layout))
         return self.head(self.norm(x)[:, 0])
 
     def forward(self, features: torch.Tensor, coords: torch.Tensor | None = None,
                 score_class: int | None = None) -> MILOutput:
-        """`coords` are accepted for the common interface and unused: like upstream, the grid is filled
-        in bag order. `score_class` picks the class the scores explain (default: the predicted one)."""
+        """`coords` place the instances when `placement="coords"` (upstream ignores them and fills the
+        grid in bag order). `score_class` picks the class the scores explain (default: the predicted one)."""
         bag = as_bag(features)
-        index = square_index(bag.shape[0], self.random_padding)
-        logits = self.logits(bag, index)
-        return MILOutput(logits=logits, scores=lambda: self.instance_scores(bag, index, score_class))
+        layout = self.layout(bag.shape[0], coords)
+        logits = self.logits(bag, layout)
+        return MILOutput(logits=logits, scores=lambda: self.instance_scores(bag, layout, score_class))
 
-    def instance_scores(self, bag: torch.Tensor, index: torch.Tensor, target: int | None = None) -> torch.Tensor:
+    def instance_scores(self, bag: torch.Tensor, layout: Layout, target: int | None = None) -> torch.Tensor:
         n = bag.shape[0]
-        copies = torch.bincount(index, minlength=n).to(bag.dtype)
+        copies = torch.bincount(layout.index, minlength=n).to(bag.dtype)
         if self.score_method == "attention":
             with torch.no_grad():
-                row = self.attn2.first_token_attention(self._tokens(bag, index))[1:]
-            per_instance = torch.zeros(n, dtype=row.dtype).index_add_(0, index, row)
+                row = self.attn2.first_token_attention(self._tokens(bag, layout))[1:]
+            per_instance = torch.zeros(n, dtype=row.dtype).index_add_(0, layout.index, row)
         else:
-            per_instance = integrated_gradients(lambda x: self.logits(x, index), bag, target, self.score_steps)
+            per_instance = integrated_gradients(lambda x: self.logits(x, layout), bag, target, self.score_steps)
         return (per_instance / copies).detach()

@@ -4,6 +4,7 @@ the gated attention of CLAM/ABMIL and integrated-gradients instance scores."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -70,16 +71,55 @@ def square_index(n: int, random: bool = False, generator: torch.Generator | None
     return torch.cat([torch.arange(n), dup])
 
 
-def to_grid(tokens: torch.Tensor) -> torch.Tensor:
-    """`[B, side*side, C]` tokens in row-major order -> `[B, C, side, side]` image."""
-    b, n, c = tokens.shape
-    side = math.isqrt(n)
-    return tokens.transpose(1, 2).reshape(b, c, side, side)
+PLACEMENTS = ("sequence", "coords")
 
 
-def from_grid(grid: torch.Tensor) -> torch.Tensor:
-    """Inverse of `to_grid`."""
-    return grid.flatten(2).transpose(1, 2)
+@dataclass
+class Layout:
+    """Where the tokens of a bag sit on the 2-D grid that the convolutions of TransMIL/GLTrans see.
+
+    `index [L]`: the instance behind each token (padding repeats instances); `cells [L]`: each token's
+    cell in the row-major `height x width` grid. Cells no token fills hold zeros.
+    """
+
+    index: torch.Tensor
+    cells: torch.Tensor
+    height: int
+    width: int
+
+    @classmethod
+    def sequence(cls, n: int, random: bool = False) -> "Layout":
+        """Upstream's: the bag padded to a square (`square_index`) and folded into it row by row, in bag
+        order, whatever the tissue geometry."""
+        side = grid_side(n)
+        return cls(square_index(n, random), torch.arange(side * side), side, side)
+
+    @classmethod
+    def from_coords(cls, coords: torch.Tensor) -> "Layout":
+        """Each instance at its tissue position: level-0 (x, y) divided by the grid step (the smallest
+        gap between distinct coordinates), no padding, tokens in row-major order of their cells, so the
+        order of the bag does not matter. Two instances on one cell share it (their sum is convolved)."""
+        xy = coords.to(torch.float64)
+        steps = [torch.diff(torch.unique(xy[:, k])) for k in (0, 1)]
+        gaps = torch.cat(steps)
+        step = float(gaps[gaps > 0].min()) if (gaps > 0).any() else 1.0
+        col = torch.round((xy[:, 0] - xy[:, 0].min()) / step).long()
+        row = torch.round((xy[:, 1] - xy[:, 1].min()) / step).long()
+        height, width = int(row.max()) + 1, int(col.max()) + 1
+        flat = row * width + col
+        order = torch.argsort(flat, stable=True)
+        return cls(order, flat[order], height, width)
+
+    def to_grid(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`[B, L, C]` tokens -> `[B, C, height, width]` image."""
+        b, _, c = tokens.shape
+        grid = tokens.new_zeros(b, c, self.height * self.width)
+        grid = grid.index_add(2, self.cells, tokens.transpose(1, 2))
+        return grid.reshape(b, c, self.height, self.width)
+
+    def from_grid(self, grid: torch.Tensor) -> torch.Tensor:
+        """`[B, C, height, width]` -> the `[B, L, C]` tokens at this layout's cells."""
+        return grid.flatten(2)[:, :, self.cells].transpose(1, 2)
 
 
 class GatedAttention(nn.Module):

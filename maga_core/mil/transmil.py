@@ -12,7 +12,7 @@ from torch import nn
 
 from maga_core.mil.base import register
 from maga_core.mil.grid_transformer import GridTransformer
-from maga_core.mil.layers import from_grid, to_grid
+from maga_core.mil.layers import Layout
 
 
 class PPEG(nn.Module):
@@ -24,18 +24,19 @@ class PPEG(nn.Module):
         self.conv5 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
         self.conv3 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        cls, grid = tokens[:, :1], to_grid(tokens[:, 1:])
+    def forward(self, tokens: torch.Tensor, layout: Layout) -> torch.Tensor:
+        cls, grid = tokens[:, :1], layout.to_grid(tokens[:, 1:])
         grid = grid + self.conv7(grid) + self.conv5(grid) + self.conv3(grid)
-        return torch.cat([cls, from_grid(grid)], dim=1)
+        return torch.cat([cls, layout.from_grid(grid)], dim=1)
 
 
 @register("transmil")
 class TransMIL(GridTransformer):
     def __init__(self, in_dim: int = 1024, n_classes: int = 2, dim: int = 512, dropout: float = 0.1,
-                 random_padding: bool = False, score_method: str = "integrated_gradients", score_steps: int = 16):
-        super().__init__(in_dim, n_classes, dim, dropout, random_padding, score_method, score_steps)
+                 random_padding: bool = False, score_method: str = "integrated_gradients", score_steps: int = 16,
+                 placement: str = "sequence"):
+        super().__init__(in_dim, n_classes, dim, dropout, random_padding, score_method, score_steps, placement)
         self.ppeg = PPEG(dim)
 
-    def mix(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.ppeg(tokens)
+    def mix(self, tokens: torch.Tensor, layout: Layout) -> torch.Tensor:
+        return self.ppeg(tokens, layout)
