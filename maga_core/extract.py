@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from maga_core.config import save_config, write_json
 from maga_core.data.features import INPUT_KINDS, feature_writer
+from maga_core.device import Runtime, inference, resolve
 from maga_core.errors import MagaError
 from maga_core.slides import aligned_grid, detect_tissue, mpp_for_mag, open_slide, patch_px_for_mag, read_patch
 
@@ -58,6 +59,8 @@ class ExtractConfig:
     channels_last: bool = True
     min_tissue: float = 0.5
     progress: bool = True
+    device: str = "auto"  # auto | cpu | cuda[:N] | mps; saved resolved (maga_core.device)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast); saved resolved
 
 
 @dataclass
@@ -71,17 +74,20 @@ class FeatureModel:
     encoder: str
     student_sha256: str = ""
     channels_last: bool = True
+    runtime: Runtime = field(default_factory=Runtime)
 
     def __post_init__(self) -> None:
-        self.module.eval()
+        self.module.eval().to(self.runtime.device)
         if self.channels_last:
             self.module.to(memory_format=torch.channels_last)
 
-    @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.module(x)
+        """Features of a preprocessed batch (on any device), as float32 on the model's device."""
+        with inference(self.runtime):
+            x = self.runtime.to(x)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return self.module(x).float()
 
     @property
     def dim(self) -> int:
@@ -89,11 +95,13 @@ class FeatureModel:
 
     def attrs(self) -> dict[str, Any]:
         return {"magnification": float(self.mag), "patch_px": int(self.patch_px), "encoder": self.encoder,
-                "student_sha256": self.student_sha256}
+                "student_sha256": self.student_sha256, "device": self.runtime.device,
+                "precision": self.runtime.precision}
 
 
 def load_model(encoder: str, mag: float | None = None, student: str | Path | None = None,
-               weights: str | None = None, channels_last: bool = True) -> FeatureModel:
+               weights: str | None = None, channels_last: bool = True,
+               runtime: Runtime | None = None) -> FeatureModel:
     """An encoder at `mag` (patches of the standard 128 um square, fed at their native size), or a
     MAGA student at its training magnification with its training input pipeline."""
     if student is not None:
@@ -106,13 +114,14 @@ def load_model(encoder: str, mag: float | None = None, student: str | Path | Non
         if mag is not None and float(mag) != float(net.input_mag):
             raise MagaError(f"student takes {net.input_mag:g}x patches, not --mag {mag:g}", student)
         return FeatureModel(net, net.prepare, float(net.input_mag), int(net.input_px), encoder,
-                            net.sha256, channels_last)
+                            net.sha256, channels_last, runtime or Runtime())
     if mag is None:
         raise MagaError("--mag is required without --student")
     from maga_core.encoders import build
 
     net = build(encoder, weights=weights)
-    return FeatureModel(net, net.transform, float(mag), patch_px_for_mag(float(mag)), encoder, "", channels_last)
+    return FeatureModel(net, net.transform, float(mag), patch_px_for_mag(float(mag)), encoder, "", channels_last,
+                        runtime or Runtime())
 
 
 def auto_batch_size(patch_px: int) -> int:
@@ -196,11 +205,12 @@ def embed_into(dataset: Dataset, model: FeatureModel, put: Callable[[np.ndarray,
     # overlap, and starting a process (fork, reopening the slide) would only add latency.
     workers = max(0, min(workers, -(-n // bs) - 1))
     loader = DataLoader(_Indexed(dataset), batch_size=bs, shuffle=False, num_workers=workers,
-                        collate_fn=Collate(model.preprocess), prefetch_factor=4 if workers else None)
+                        collate_fn=Collate(model.preprocess), prefetch_factor=4 if workers else None,
+                        pin_memory=model.runtime.pin_memory)
     with tqdm(total=n, desc=desc, unit="patch", leave=False, disable=not progress) as bar:
         for groups in loader:
             for idx, x in groups:
-                put(idx.numpy(), model(x).float().numpy())
+                put(idx.numpy(), model(x).cpu().numpy())
                 bar.update(len(idx))
 
 
@@ -345,7 +355,9 @@ def extract_batch(cfg: ExtractConfig) -> BatchReport:
         else:
             todo.append((src, dst))
     if todo:
-        model = load_model(cfg.encoder, cfg.mag, cfg.student, cfg.weights, cfg.channels_last)
+        rt = resolve(cfg.device, cfg.precision)
+        cfg.device, cfg.precision = rt.device, rt.precision
+        model = load_model(cfg.encoder, cfg.mag, cfg.student, cfg.weights, cfg.channels_last, rt)
         save_config(cfg, out_dir)
     for src, dst in tqdm(todo, desc="slides", unit="slide", disable=not cfg.progress or len(todo) < 2):
         try:

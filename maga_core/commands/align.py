@@ -6,6 +6,8 @@ import json
 
 
 def register(sub) -> None:
+    from maga_core.device import add_arguments as add_device_arguments
+
     p = sub.add_parser("align", help="train a MAGA magnification-aligned student (resumes an interrupted run)")
     p.add_argument("--teacher", default="efficientnet_lite0", help="registered encoder name (see encoders.table())")
     p.add_argument("--teacher-weights", default=None, help="local weight file (default: the registry's source)")
@@ -22,6 +24,7 @@ def register(sub) -> None:
     p.add_argument("--max-tiles", type=int, default=None, help="train on a seeded subset of this many tiles")
     p.add_argument("--high-px", type=int, default=256, help="teacher input px at 20x (other tiles are resampled)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    add_device_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -31,7 +34,8 @@ def run(args) -> int:
     cfg = AlignConfig(
         teacher=args.teacher, teacher_weights=args.teacher_weights, mag=args.mag, mode=args.mode,
         tiles=list(args.tiles), epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, lr=args.lr,
-        max_tiles=args.max_tiles, high_px=args.high_px, num_workers=args.workers)
+        max_tiles=args.max_tiles, high_px=args.high_px, num_workers=args.workers,
+        device=args.device, precision=args.precision)
     out = train(cfg, args.out)
     history = json.loads(history_paths(out)[1].read_text())
     print(json.dumps({"checkpoint": str(out), "epochs": len(history), "last": history[-1]}, indent=2))

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from maga_core.config import atomic_path, save_config, to_jsonable, write_json
+from maga_core.device import Runtime, resolve
 from maga_core.encoders import build
 from maga_core.errors import MagaError
 from maga_core.maga.loss import MagaLoss, match_teacher, resolve_weights
@@ -34,7 +35,7 @@ from maga_core.maga.tilesource import read_tile, resolve_tiles
 from maga_core.maga.views import resize_patch, view_px
 
 # Fields that may differ between an interrupted run and its resumption.
-_RESUMABLE_DIFFERENCES = {"epochs", "num_workers", "teacher_cache_mb"}
+_RESUMABLE_DIFFERENCES = {"epochs", "num_workers", "teacher_cache_mb", "device"}
 
 
 @dataclass
@@ -58,6 +59,8 @@ class AlignConfig:
     upsample_interp: str = "bilinear"
     num_workers: int = 0
     teacher_cache_mb: int = 512  # keep the teacher's (pooled) targets in memory when they fit
+    device: str = "auto"  # auto | cpu | cuda[:N] | mps; saved resolved (maga_core.device)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 autocast of both networks; saved resolved
 
     def validate(self) -> None:
         if self.mode not in ("native", "upsample"):
@@ -94,31 +97,31 @@ class TeacherTargets:
     `budget_mb`; otherwise they are computed per batch."""
 
     def __init__(self, teacher, student, pipeline: InputPipeline, data: TileViews, taps: list[str],
-                 batch_size: int, budget_mb: int, progress: bool):
-        self.teacher, self.taps = teacher, taps
+                 batch_size: int, budget_mb: int, progress: bool, runtime: Runtime = Runtime()):
+        self.teacher, self.taps, self.rt = teacher, taps, runtime
         with torch.no_grad():
-            shapes = {k: v.shape[1:] for k, v in student.taps(pipeline(
-                torch.zeros(1, pipeline.input_px, pipeline.input_px, 3, dtype=torch.uint8)), taps).items()}
+            shapes = {k: v.shape[1:] for k, v in student.taps(runtime.to(pipeline(
+                torch.zeros(1, pipeline.input_px, pipeline.input_px, 3, dtype=torch.uint8))), taps).items()}
         self.shapes = shapes
         per_tile = sum(int(torch.Size(s).numel()) for s in shapes.values()) * 4
         self.cache = None
         if per_tile * len(data) <= budget_mb * 2**20:
-            self.cache = {k: torch.empty(len(data), *s) for k, s in shapes.items()}
+            self.cache = {k: torch.empty(len(data), *s, device=runtime.device) for k, s in shapes.items()}
             loader = DataLoader(data, batch_size=batch_size, shuffle=False)
             for idx, high, _ in tqdm(loader, desc="teacher targets", disable=not progress, leave=False):
                 for k, v in self.compute(high).items():
                     self.cache[k][idx] = v
 
     def compute(self, high: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            x = self.teacher.transform(high).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), self.rt.autocast():
+            x = self.rt.to(self.teacher.transform(high)).contiguous(memory_format=torch.channels_last)
             out = self.teacher.taps(x, self.taps)
-            return {k: match_teacher(out[k], torch.empty(1, *self.shapes[k])).contiguous() for k in self.taps}
+            return {k: match_teacher(out[k].float(), torch.empty(1, *self.shapes[k])).contiguous() for k in self.taps}
 
     def __call__(self, idx: torch.Tensor, high: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.cache is None:
             return self.compute(high)
-        return {k: v[idx] for k, v in self.cache.items()}
+        return {k: v[idx.to(v.device)] for k, v in self.cache.items()}
 
 
 def make_pipeline(cfg: AlignConfig, spec) -> InputPipeline:
@@ -164,6 +167,8 @@ def train(cfg: AlignConfig, out: str | Path, progress: bool = True,
     A finished checkpoint with the same configuration is returned as is; one from a different
     configuration is an error rather than silently overwritten."""
     cfg.validate()
+    rt = resolve(cfg.device, cfg.precision)
+    cfg.device, cfg.precision = rt.device, rt.precision
     out = Path(out)
     saved = None
     if out.exists():
@@ -188,7 +193,8 @@ def train(cfg: AlignConfig, out: str | Path, progress: bool = True,
     for p in teacher.parameters():
         p.requires_grad_(False)
     student = copy.deepcopy(teacher).eval()  # eval: BatchNorm statistics frozen (see module docstring)
-    teacher.to(memory_format=torch.channels_last)  # faster frozen forward on CPU
+    teacher.to(rt.device, memory_format=torch.channels_last)  # faster frozen forward on CPU
+    student.to(rt.device)
     for p in student.parameters():
         p.requires_grad_(True)
     pipeline = make_pipeline(cfg, teacher.spec)
@@ -206,22 +212,26 @@ def train(cfg: AlignConfig, out: str | Path, progress: bool = True,
         if saved["tiles"]["sha256"] != tiles_digest:
             raise MagaError("exists but was trained on a different tile list; choose another output", out)
         student.load_state_dict(saved["student"])
-        optimizer.load_state_dict(saved["optimizer"])
+        optimizer.load_state_dict(saved["optimizer"])  # state follows the parameters' device
         scheduler.load_state_dict(saved["scheduler"])
         history, start = list(saved["history"]), int(saved["epoch"])
 
     save_config(cfg, out.parent, name=out.stem + ".config.json")
-    targets = TeacherTargets(teacher, student, pipeline, data, taps, cfg.batch_size, cfg.teacher_cache_mb, progress)
+    targets = TeacherTargets(teacher, student, pipeline, data, taps, cfg.batch_size, cfg.teacher_cache_mb, progress,
+                             rt)
     for epoch in range(start, cfg.epochs):
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed * 1009 + epoch))
-        loader = DataLoader(data, batch_size=cfg.batch_size, sampler=order.tolist(), num_workers=cfg.num_workers)
+        loader = DataLoader(data, batch_size=cfg.batch_size, sampler=order.tolist(), num_workers=cfg.num_workers,
+                            pin_memory=rt.pin_memory)
         lr = optimizer.param_groups[0]["lr"]
         sums = {"loss": 0.0, **{t: 0.0 for t in taps}}
         t0 = time.perf_counter()
         bar = tqdm(loader, desc=f"MAGA {cfg.mode} {cfg.mag:g}x epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, leave=False)
         for idx, high, low in bar:
-            loss, parts = loss_fn(student.taps(pipeline(low), taps), targets(idx, high))
+            with rt.autocast():
+                pred = student.taps(rt.to(pipeline(low)), taps)
+            loss, parts = loss_fn({k: v.float() for k, v in pred.items()}, targets(idx, high))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -239,7 +249,7 @@ def train(cfg: AlignConfig, out: str | Path, progress: bool = True,
             "loss_weights": weights, "pipeline": pipeline_dict(pipeline), "epoch": epoch + 1,
             "finished": epoch + 1 >= cfg.epochs, "history": history,
             "tiles": {"n": len(paths), "sha256": tiles_digest, "skipped": skipped},
-            "student": student.state_dict(), "optimizer": optimizer.state_dict(),
+            "student": {k: v.cpu() for k, v in student.state_dict().items()}, "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "torch": str(torch.__version__),
         }
         with atomic_path(out) as tmp:
