@@ -150,6 +150,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="autocast precision (default auto: bf16 on CUDA, fp32 on CPU)")
 
 
+def without_runtime(d: Any) -> Any:
+    """A saved config (JSON-like) without where it ran: `device` keys dropped everywhere, `precision`
+    dropped when fp32/auto. For cache keys and resume checks, so that configs and cached results from
+    before these options, or from another machine, still match."""
+    if isinstance(d, dict):
+        return {k: without_runtime(v) for k, v in d.items()
+                if k != "device" and not (k == "precision" and v in ("auto", "fp32"))}
+    if isinstance(d, list):
+        return [without_runtime(v) for v in d]
+    return d
+
+
 @contextlib.contextmanager
 def inference(rt: Runtime) -> Iterator[None]:
     """Inference mode plus autocast: what every feature-extraction forward runs under."""

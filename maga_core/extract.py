@@ -11,6 +11,7 @@ sharded by torch.distributed rank when started with torchrun (each rank writes o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -356,9 +357,8 @@ def extract_batch(cfg: ExtractConfig) -> BatchReport:
             todo.append((src, dst))
     if todo:
         rt = resolve(cfg.device, cfg.precision)
-        cfg.device, cfg.precision = rt.device, rt.precision
         model = load_model(cfg.encoder, cfg.mag, cfg.student, cfg.weights, cfg.channels_last, rt)
-        save_config(cfg, out_dir)
+        save_config(dataclasses.replace(cfg, device=rt.device, precision=rt.precision), out_dir)
     for src, dst in tqdm(todo, desc="slides", unit="slide", disable=not cfg.progress or len(todo) < 2):
         try:
             if kind == "tiles":

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from maga_core.config import atomic_path, save_config, to_jsonable, write_json
 from maga_core.distill.augment import AugmentConfig, geometric_view, photometric
 from maga_core.distill.losses import get_loss
-from maga_core.device import Runtime, resolve
+from maga_core.device import Runtime, resolve, without_runtime
 from maga_core.encoders import build
 from maga_core.encoders.mobilenet import CHECKPOINT_FORMAT, STUDENT_SPECS, Prepare, read_checkpoint, resize_tile
 from maga_core.errors import MagaError
@@ -112,9 +112,8 @@ def read_tile(path: str) -> np.ndarray:
 
 
 def _same_run(saved: dict, cfg: DistillConfig) -> bool:
-    """Configurations equal but for the device (a run may move between machines)."""
-    now = to_jsonable(cfg)
-    return {k: v for k, v in saved.items() if k != "device"} == {k: v for k, v in now.items() if k != "device"}
+    """Configurations equal but for the device (a run may move between machines; see without_runtime)."""
+    return without_runtime(saved) == without_runtime(to_jsonable(cfg))
 
 
 def _teacher_targets(teacher, prepare: Prepare, paths: list[str], batch_size: int, cache: Path, progress: bool,
@@ -166,7 +165,7 @@ def distill(cfg: DistillConfig, out: str | Path, progress: bool = True) -> Disti
     out = Path(out)
     work = work_dir_for(out)
     rt = resolve(cfg.device, cfg.precision)
-    cfg.device, cfg.precision = rt.device, rt.precision
+    cfg = dataclasses.replace(cfg, device=rt.device, precision=rt.precision)  # the caller's cfg keeps its key
     if out.exists():
         state = read_checkpoint(out)
         if _same_run(state["config"], cfg):

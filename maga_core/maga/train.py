@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -144,6 +145,7 @@ def _usable_tiles(paths: list[Path]) -> tuple[list[Path], list[str]]:
 
 def _config_differences(saved: dict, cfg: AlignConfig) -> list[str]:
     now = to_jsonable(cfg)
+    saved = {"precision": "fp32", **saved}  # checkpoints from before the precision option ran fp32
     return [k for k in now if k not in _RESUMABLE_DIFFERENCES and saved.get(k) != now[k]]
 
 
@@ -168,7 +170,7 @@ def train(cfg: AlignConfig, out: str | Path, progress: bool = True,
     configuration is an error rather than silently overwritten."""
     cfg.validate()
     rt = resolve(cfg.device, cfg.precision)
-    cfg.device, cfg.precision = rt.device, rt.precision
+    cfg = dataclasses.replace(cfg, device=rt.device, precision=rt.precision)  # the caller's cfg keeps its key
     out = Path(out)
     saved = None
     if out.exists():
