@@ -194,7 +194,7 @@ def _isolated(fn: str, **kwargs: Any) -> dict[str, Any]:
 
 
 def _time_ours(slide: str, encoder: str, mag: float, batch_size: int, workers: int, channels_last: bool,
-               out: str, threads: int | None = None, sample: int = 0) -> dict[str, Any]:
+               out: str, threads: int | None = None, row_reads: bool = True) -> dict[str, Any]:
     """Our extract_slide, then the network alone on the same number of tiles (same process and threads)."""
     import numpy as np
 
@@ -204,7 +204,8 @@ def _time_ours(slide: str, encoder: str, mag: float, batch_size: int, workers: i
     net, weights, random_init = _build(encoder)
     px = patch_px_for_mag(mag)
     model = FeatureModel(net, net.transform, mag, px, encoder, "", channels_last)
-    res = extract_slide(slide, model, out, batch_size=batch_size, num_workers=workers, progress=False)
+    res = extract_slide(slide, model, out, batch_size=batch_size, num_workers=workers, progress=False,
+                        row_reads=row_reads)
     with open_slide(slide) as reader:
         from maga_core.data.features import read_features
 
@@ -286,6 +287,7 @@ def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
 # Changes to our pipeline measured one at a time (first encoder), against the default settings.
 IDEAS: dict[str, dict[str, Any]] = {
     "no_channels_last": {"channels_last": False},
+    "no_row_reads": {"row_reads": False},
     "no_reader_process": {"workers": 0},
     "one_torch_thread": {"threads": 1},
     "batch_x2": {"batch_scale": 2.0},
@@ -340,6 +342,7 @@ def run_extract_bench(cfg: ExtractBenchConfig, progress: bool = True) -> dict[st
                 row[f"stages_{key}"] = r["stages"]
                 row[f"all_slide_seconds_{key}"] = r["all_seconds"]
                 row[f"peak_rss_mb_{key}"] = r["peak_rss_mb"]
+                row[f"peak_single_process_rss_mb_{key}"] = r["peak_single_process_rss_mb"]
             row["model_only_tiles_per_s"] = row[f"model_only_tiles_per_s_{hi}"]
             row["pipeline_tiles_per_s"] = n / row[f"slide_seconds_{hi}"]
             row["pipeline_efficiency"] = row["pipeline_tiles_per_s"] / row["model_only_tiles_per_s"]
