@@ -275,6 +275,11 @@ def _time_baseline(slide: str, coords_file: str, workers: int, out: str, threads
             "weights": weights, "random_init": random_init}
 
 
+def rounded(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (round(v, 4) if isinstance(v, float) else rounded(v) if isinstance(v, dict) else v)
+            for k, v in d.items()}
+
+
 def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     best = dict(min(runs, key=lambda r: r["seconds"]))
     best["model_only_seconds"] = min(r["model_only_seconds"] for r in runs)
@@ -378,8 +383,6 @@ def run_extract_bench(cfg: ExtractBenchConfig, progress: bool = True) -> dict[st
                     base = results[name][f"slide_seconds_{m:g}x"]
                     ideas[idea][f"{m:g}x"] = {"slide_seconds": r["seconds"], "speedup": base / r["seconds"],
                                               "peak_rss_mb": r["peak_rss_mb"]}
-    rounded = lambda d: {k: (round(v, 4) if isinstance(v, float) else rounded(v) if isinstance(v, dict) else v)  # noqa: E731
-                         for k, v in d.items()}
     return {
         "benchmark": "extract",
         "slide": info,

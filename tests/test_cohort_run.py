@@ -97,6 +97,8 @@ def test_cohort_run_end_to_end_and_resume(tmp_path, small_cohort, tiny_student, 
     assert case.coords[len(parts[0]):, 0].min() >= 768
     ff = read_features(out / "features" / "5x_maga" / "slides" / f"{CASES[1]}-01Z-00-DX1.h5")
     assert ff.attrs["device"] == "cpu" and ff.attrs["student_sha256"] and ff.attrs["magnification"] == 5.0
+    align_cfg = json.loads(tiny_student.with_name("student.config.json").read_text())  # align: auto, resolved
+    assert (align_cfg["device"], align_cfg["precision"]) == ("cpu", "fp32")
     cv_cfg = json.loads((out / "cv" / "20x" / "gltrans" / "config.json").read_text())
     assert cv_cfg["train"]["device"] == "cpu" and cv_cfg["train"]["max_epochs"] == 1
 

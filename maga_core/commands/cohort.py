@@ -19,7 +19,8 @@ def register(sub) -> None:
     r.add_argument("--upstream", default="", help="folder with the upstream label/ and nfold/ files to use instead")
     r.add_argument("--encoder", default="efficientnet_lite0", help="teacher encoder (default %(default)s)")
     r.add_argument("--student", default="", help="MAGA student checkpoint (default: the shared 5x native student)")
-    r.add_argument("--settings", default="20x,5x_maga", help="comma-separated of 20x, 5x, 5x_maga (default %(default)s)")
+    r.add_argument("--settings", default="20x,5x_maga",
+                   help="comma-separated of 20x, 5x, 5x_maga (default %(default)s)")
     r.add_argument("--models", default="gltrans,transmil,clam_sb,clam_mb,abmil", help="aggregators (default: all five)")
     r.add_argument("--epochs", type=int, help="maximum training epochs per fold (default: each model's)")
     r.add_argument("--grad-accum", type=int, help="bags per optimiser step (default: each model's)")

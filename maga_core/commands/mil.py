@@ -51,6 +51,8 @@ def run(args) -> int:
         raise MagaError("give --labels CSV or --cohort NAME")
     overrides = {"max_epochs": args.epochs, "patience": args.patience, "min_epochs": args.min_epochs,
                  "lr": args.lr, "seed": args.train_seed, "grad_accum": args.grad_accum}
+    if args.grad_accum is not None and args.grad_accum < 1:
+        raise MagaError(f"--grad-accum must be at least 1, got {args.grad_accum}")
     rt = resolve(args.device, args.precision)
     overrides.update(device=rt.device, precision=rt.precision)
     cfg = CVConfig.create(args.model, args.features, labels, args.out, train_overrides=overrides,

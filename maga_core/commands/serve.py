@@ -19,10 +19,9 @@ def register(sub) -> None:
 def run(args) -> int:
     import uvicorn
 
+    from maga_core.device import resolve
     from maga_core.telepath.pipeline import SlideAnalyzer
     from maga_core.telepath.server import ServeConfig, create_app
-
-    from maga_core.device import resolve
 
     analyzer = SlideAnalyzer.load(args.model, runtime=resolve(args.device, args.precision))
     config = ServeConfig(token=args.token, max_upload_bytes=int(args.max_upload_mb * 1024**2))
