@@ -59,8 +59,8 @@ def tiny_student(tmp_path_factory):
     from maga_core.maga.train import AlignConfig, train
 
     out = tmp_path_factory.mktemp("student") / "student.pt"
-    return train(AlignConfig(tiles=["lc25000_lung_224_dedup:train"], max_tiles=8, epochs=1, batch_size=8),
-                 out, progress=False)
+    return train(AlignConfig(tiles=["lc25000_lung_224_dedup:train"], max_tiles=8, epochs=1, batch_size=8,
+                             device="cpu"), out, progress=False)
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -97,7 +97,7 @@ def test_cohort_run_end_to_end_and_resume(tmp_path, small_cohort, tiny_student, 
     assert case.coords[len(parts[0]):, 0].min() >= 768
     ff = read_features(out / "features" / "5x_maga" / "slides" / f"{CASES[1]}-01Z-00-DX1.h5")
     assert ff.attrs["device"] == "cpu" and ff.attrs["student_sha256"] and ff.attrs["magnification"] == 5.0
-    align_cfg = json.loads(tiny_student.with_name("student.config.json").read_text())  # align: auto, resolved
+    align_cfg = json.loads(tiny_student.with_name("student.config.json").read_text())  # precision auto, resolved
     assert (align_cfg["device"], align_cfg["precision"]) == ("cpu", "fp32")
     cv_cfg = json.loads((out / "cv" / "20x" / "gltrans" / "config.json").read_text())
     assert cv_cfg["train"]["device"] == "cpu" and cv_cfg["train"]["max_epochs"] == 1
