@@ -219,7 +219,7 @@ def test_bench_extract_reports_every_field(tmp_path, capsys):
 
     assert "extract" in discover()
     rc = cli.main(["bench", "extract", "--json", "--size", "1024", "--encoders", ENCODER, "--repeats", "1",
-                   "--workers", "1", "--out", str(tmp_path / "bench.json")])
+                   "--workers", "1", "--baseline", "--out", str(tmp_path / "bench.json")])
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
     assert result == json.loads((tmp_path / "bench.json").read_text())
@@ -229,6 +229,11 @@ def test_bench_extract_reports_every_field(tmp_path, capsys):
         assert row[key] > 0, key
     assert row["random_init"] is False and result["slide"]["patches"] > 0
     assert row["pipeline_tiles_per_s"] == pytest.approx(result["slide"]["patches"] / row["slide_seconds_20x"], rel=1e-3)
+    base = result["baseline"]  # the CLAM-style loop on the same patches, in its own process
+    for key in ("tiles_per_s", "model_only_tiles_per_s", "pipeline_efficiency", "peak_rss_mb"):
+        assert base[key] > 0, key
+    assert row["speedup_over_baseline"] == pytest.approx(row["pipeline_tiles_per_s"] / base["tiles_per_s"], rel=1e-3)
+    assert row["peak_rss_mb"] >= row["peak_single_process_rss_mb_20x"] > 100  # torch alone is more than that
 
 
 def test_upsampled_encoder_sees_its_low_magnification_patch_at_full_size(model_5x):

@@ -6,6 +6,8 @@ import json
 
 
 def register(sub) -> None:
+    from maga_core.device import add_arguments as add_device_arguments
+
     p = sub.add_parser("align", help="train a MAGA magnification-aligned student (resumes an interrupted run)")
     p.add_argument("--teacher", default="efficientnet_lite0", help="registered encoder name (see encoders.table())")
     p.add_argument("--teacher-weights", default=None, help="local weight file (default: the registry's source)")
@@ -25,6 +27,7 @@ def register(sub) -> None:
     p.add_argument("--augment", choices=("none", "flips"), default="flips",
                    help="flips: each tile also in its three mirror images (teacher targets for each)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    add_device_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -34,7 +37,8 @@ def run(args) -> int:
     cfg = AlignConfig(
         teacher=args.teacher, teacher_weights=args.teacher_weights, mag=args.mag, mode=args.mode,
         tiles=list(args.tiles), epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, lr=args.lr,
-        max_tiles=args.max_tiles, tile_mpp=args.mpp, augment=args.augment, num_workers=args.workers)
+        max_tiles=args.max_tiles, tile_mpp=args.mpp, augment=args.augment, num_workers=args.workers,
+        device=args.device, precision=args.precision)
     out = train(cfg, args.out)
     history = json.loads(history_paths(out)[1].read_text())
     print(json.dumps({"checkpoint": str(out), "epochs": len(history), "last": history[-1]}, indent=2))

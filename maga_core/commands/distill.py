@@ -7,6 +7,8 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
+    from maga_core.device import add_arguments as add_device_arguments
+
     p = subparsers.add_parser(
         "distill", help="distil a teacher encoder into a small student on task-specific tiles",
         description="Train a small student (plus a linear projection to the teacher's dimension) to reproduce a "
@@ -32,6 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -47,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         teacher=args.teacher, teacher_weights=args.teacher_weights, student=args.student, datasets=datasets,
         tile_dirs=folders, max_tiles=args.max_tiles, teacher_px=args.teacher_px, input_px=args.input_px,
         loss=args.loss, teacher_view=args.teacher_view, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, seed=args.seed, threads=args.threads, augment=AugmentConfig(enabled=not args.no_augment))
+        lr=args.lr, seed=args.seed, threads=args.threads, device=args.device, precision=args.precision,
+        augment=AugmentConfig(enabled=not args.no_augment))
     result = distill(cfg, Path(args.out), progress=not args.no_progress)
     first, last = result.history[0]["loss"], result.history[-1]["loss"]
     print(f"{result.checkpoint}: {result.n_tiles} tiles, {len(result.history)} epochs, "

@@ -19,6 +19,8 @@ from maga_core.errors import MagaError
 
 
 def register(subparsers) -> None:
+    from maga_core.device import add_arguments as add_device_arguments
+
     p = subparsers.add_parser("e2e", help="end-to-end slide training (encoder + aggregator), torchrun-ready",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--encoder", default="efficientnet_lite0", help="registry name or maga:<student checkpoint>")
@@ -35,7 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("--lr-encoder", type=float, default=1e-5)
     p.add_argument("--lr-aggregator", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--amp", action="store_true", help="autocast: bfloat16 on CPU, float16 on CUDA")
+    p.add_argument("--amp", action="store_true", help="reduced precision on any device: with --precision auto, "
+                   "bfloat16 on CPU, float16 on CUDA")
     p.add_argument("--checkpoint", action="store_true", help="activation checkpointing of the encoder")
     p.add_argument("--chunk", type=int, default=16, help="tiles per checkpointed segment")
     p.add_argument("--freeze-encoder", action="store_true", help="frozen-encoder baseline")
@@ -43,6 +46,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, help="output folder (config.json, metrics.json, model.pt)")
     p.add_argument("--measure-memory", action="store_true",
                    help="print peak training memory per tile at 20x/256 px and 5x/64 px as JSON, then exit")
+    add_device_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -95,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = E2EConfig(encoder=args.encoder, aggregator=args.aggregator, n_classes=max(n_classes, 2), k=args.k,
                     mag=args.mag, px=args.px, epochs=args.epochs, max_steps=args.max_steps,
                     lr_encoder=args.lr_encoder, lr_aggregator=args.lr_aggregator, seed=args.seed, amp=args.amp,
-                    checkpoint=args.checkpoint, chunk=args.chunk, freeze_encoder=args.freeze_encoder, bn=args.bn)
+                    checkpoint=args.checkpoint, chunk=args.chunk, freeze_encoder=args.freeze_encoder, bn=args.bn,
+                    device=args.device, precision=args.precision)
     tr = BagDataset(train_bags, cfg.k, cfg.mag, cfg.px, cfg.seed)
     va = BagDataset(val_bags, cfg.k, cfg.mag, cfg.px, cfg.seed + 1) if val_bags else None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun: the 1 + N process scheme

@@ -9,6 +9,7 @@ import sys
 
 def register(subparsers) -> None:
     from maga_core.data.features import INPUT_KINDS
+    from maga_core.device import add_arguments as add_device_arguments
 
     p = subparsers.add_parser(
         "extract", help="extract patch features into HDF5 (one file per slide; one per tile folder)",
@@ -26,6 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, help="patches per batch (default: 32 at 256 px, more for smaller)")
     p.add_argument("--workers", type=int, help="reader processes (default: half the cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_device_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -35,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     cfg = ExtractConfig(encoder=args.encoder, input=args.input, out=args.out, mag=args.mag,
                         student=args.student, weights=args.weights, mpp=args.mpp, input_kind=args.kind,
-                        batch_size=args.batch_size, progress=not args.no_progress)
+                        batch_size=args.batch_size, progress=not args.no_progress,
+                        device=args.device, precision=args.precision)
     if args.workers is not None:
         cfg.num_workers = args.workers
     report = extract_batch(cfg)

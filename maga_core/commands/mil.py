@@ -6,6 +6,8 @@ import json
 
 
 def register(sub) -> None:
+    from maga_core.device import add_arguments as add_device_arguments
+
     p = sub.add_parser("mil", help="cross-validate a MIL aggregator (gltrans, transmil, clam_sb, clam_mb, abmil)")
     p.add_argument("--model", default="gltrans", help="aggregator name (default gltrans)")
     p.add_argument("--features", required=True, help="folder of <slide>.h5 feature files")
@@ -22,13 +24,16 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--train-seed", type=int, help="seed of initialisation and shuffling")
     p.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples for CIs (default 500)")
+    p.add_argument("--grad-accum", type=int, help="bags per optimiser step (gradient accumulation; model default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_device_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from pathlib import Path
 
+    from maga_core.device import resolve
     from maga_core.errors import MagaError
     from maga_core.mil.cv import CVConfig, run_cv
 
@@ -45,7 +50,11 @@ def run(args) -> int:
     if not labels:
         raise MagaError("give --labels CSV or --cohort NAME")
     overrides = {"max_epochs": args.epochs, "patience": args.patience, "min_epochs": args.min_epochs,
-                 "lr": args.lr, "seed": args.train_seed}
+                 "lr": args.lr, "seed": args.train_seed, "grad_accum": args.grad_accum}
+    if args.grad_accum is not None and args.grad_accum < 1:
+        raise MagaError(f"--grad-accum must be at least 1, got {args.grad_accum}")
+    rt = resolve(args.device, args.precision)
+    overrides.update(device=rt.device, precision=rt.precision)
     cfg = CVConfig.create(args.model, args.features, labels, args.out, train_overrides=overrides,
                           folds=args.folds, seed=args.seed, splits=splits, bootstrap=args.bootstrap)
     summary = run_cv(cfg, progress=not args.quiet)

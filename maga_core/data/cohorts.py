@@ -60,8 +60,11 @@ def _read_list(path: Path, header: bool) -> pd.DataFrame:
         raise MagaError(f"cannot read CSV ({type(exc).__name__}: {exc})", path) from exc
 
 
-def load_upstream(name: str, task: str | None = None) -> UpstreamCohort:
-    """Labels and folds of one upstream cohort task (e.g. ("cohort_tcga_glioma", "idh"))."""
+def load_upstream(name: str, task: str | None = None, root: str | Path | None = None) -> UpstreamCohort:
+    """Labels and folds of one upstream cohort task (e.g. ("cohort_tcga_glioma", "idh")).
+
+    `root`: a folder laid out like the upstream repository (label/, nfold/) read instead of the verified
+    manifest files, e.g. a subset of the cases; only the fold files it holds are used."""
     if name not in TASKS:
         raise MagaError(f"unknown cohort {name!r}; known: {', '.join(sorted(TASKS))}")
     tasks = TASKS[name]
@@ -72,7 +75,14 @@ def load_upstream(name: str, task: str | None = None) -> UpstreamCohort:
     manifest = manifests.load(name)
     notes: list[str] = []
 
-    path = manifests.fetch(name, label_file)
+    def get(relpath: str) -> Path:
+        if root is None:
+            return manifests.fetch(name, relpath)
+        if not (Path(root) / relpath).is_file():
+            raise MagaError(f"upstream folder lacks {relpath}", root)
+        return Path(root) / relpath
+
+    path = get(label_file)
     first = path.read_text().splitlines()[0]
     raw = _read_list(path, header=not first.startswith(("TCGA-", "test_")))
     lab = pd.DataFrame({"slide": raw.iloc[:, 0].str.strip(), "value": raw.iloc[:, column].str.strip()})
@@ -88,10 +98,14 @@ def load_upstream(name: str, task: str | None = None) -> UpstreamCohort:
     lab["label_name"] = lab["value"].map(mapping)
 
     rows = []
-    for f in manifest.files:
-        if f.meta.get("role") != "fold":
-            continue
-        ids = _read_list(manifests.fetch(name, f.path), header=False).iloc[:, 0].str.strip()
+    fold_files = [f for f in manifest.files if f.meta.get("role") == "fold"]
+    if root is not None:
+        listed = len(fold_files)
+        fold_files = [f for f in fold_files if (Path(root) / f.path).is_file()]
+        if len(fold_files) < listed:
+            notes.append(f"{len(fold_files)} of {listed} upstream fold files present in {root}")
+    for f in fold_files:
+        ids = _read_list(get(f.path), header=False).iloc[:, 0].str.strip()
         if ids.duplicated().any():
             notes.append(f"{f.path}: {int(ids.duplicated().sum())} repeated ids kept once")
             ids = ids.drop_duplicates()

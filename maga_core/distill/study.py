@@ -60,7 +60,9 @@ class StudyConfig:
 
 
 def config_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(to_jsonable(obj), sort_keys=True).encode()).hexdigest()[:12]
+    from maga_core.device import without_runtime  # the same key wherever it runs
+
+    return hashlib.sha256(json.dumps(without_runtime(to_jsonable(obj)), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def ensure_distilled(cfg: DistillConfig, root: Path, progress: bool = True) -> Path:

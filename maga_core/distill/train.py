@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from maga_core.config import atomic_path, save_config, to_jsonable, write_json
 from maga_core.distill.augment import AugmentConfig, geometric_view, photometric
 from maga_core.distill.losses import get_loss
+from maga_core.device import Runtime, resolve, without_runtime
 from maga_core.encoders import build
 from maga_core.encoders.mobilenet import CHECKPOINT_FORMAT, STUDENT_SPECS, Prepare, read_checkpoint, resize_tile
 from maga_core.errors import MagaError
@@ -60,6 +61,8 @@ class DistillConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     threads: int = 1                             # torch threads; 0: torch's default (see measure.py)
+    device: str = "auto"                         # auto | cpu | cuda[:N] | mps; saved resolved
+    precision: str = "auto"                      # auto | fp32 | bf16 | fp16 autocast; saved resolved
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):
@@ -108,9 +111,16 @@ def read_tile(path: str) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def _teacher_targets(teacher, prepare: Prepare, paths: list[str], batch_size: int, cache: Path, progress: bool):
+def _same_run(saved: dict, cfg: DistillConfig) -> bool:
+    """Configurations equal but for the device (a run may move between machines; see without_runtime)."""
+    return without_runtime(saved) == without_runtime(to_jsonable(cfg))
+
+
+def _teacher_targets(teacher, prepare: Prepare, paths: list[str], batch_size: int, cache: Path, progress: bool,
+                     rt: Runtime):
     """Teacher embeddings of the clean tiles [N, D] and the paths that could not be read (cached)."""
-    key = hashlib.sha256(json.dumps([teacher.identity(), prepare.input_px, paths]).encode()).hexdigest()
+    ident = [teacher.identity(), prepare.input_px, paths] + ([rt.precision] if rt.precision != "fp32" else [])
+    key = hashlib.sha256(json.dumps(ident).encode()).hexdigest()
     if cache.exists():
         saved = torch.load(cache, map_location="cpu", weights_only=False)
         if saved.get("key") == key:
@@ -125,8 +135,8 @@ def _teacher_targets(teacher, prepare: Prepare, paths: list[str], batch_size: in
             except (OSError, ValueError) as exc:
                 skipped.append(f"{p}: {type(exc).__name__}: {exc}")
         if tiles:
-            with torch.inference_mode():
-                feats.append(teacher(prepare(tiles)).float())
+            with torch.inference_mode(), rt.autocast():
+                feats.append(teacher(rt.to(prepare(tiles))).float().cpu())
     if not kept:
         raise MagaError("none of the training tiles could be read", paths[0])
     targets = torch.cat(feats)
@@ -154,9 +164,11 @@ def distill(cfg: DistillConfig, out: str | Path, progress: bool = True) -> Disti
     """Train (or resume, or reuse) a distilled student; write its checkpoint to `out`."""
     out = Path(out)
     work = work_dir_for(out)
+    rt = resolve(cfg.device, cfg.precision)
+    cfg = dataclasses.replace(cfg, device=rt.device, precision=rt.precision)  # the caller's cfg keeps its key
     if out.exists():
         state = read_checkpoint(out)
-        if state["config"] == to_jsonable(cfg):
+        if _same_run(state["config"], cfg):
             return DistillResult(out, state["history"], state["n_tiles"], state["skipped"])
         raise MagaError("a checkpoint from a different configuration is already there; choose another --out", out)
     if cfg.student not in STUDENT_SPECS:
@@ -167,14 +179,14 @@ def distill(cfg: DistillConfig, out: str | Path, progress: bool = True) -> Disti
     if cfg_file.exists():
         old = json.loads(cfg_file.read_text())
         old.pop("kind", None)
-        if old != to_jsonable(cfg):
+        if not _same_run(old, cfg):
             raise MagaError("work folder holds a run with another configuration; delete it or choose another --out",
                             work)
     save_config(cfg, work)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
-    teacher = build(cfg.teacher, cfg.teacher_weights).eval()
+    teacher = build(cfg.teacher, cfg.teacher_weights).eval().to(rt.device)
     for p in teacher.parameters():
         p.requires_grad_(False)
     tpx = cfg.teacher_px or teacher.spec.input_px
@@ -183,7 +195,7 @@ def distill(cfg: DistillConfig, out: str | Path, progress: bool = True) -> Disti
     prepare = Prepare(px, teacher.spec.mean, teacher.spec.std)
 
     targets, paths, skipped = _teacher_targets(teacher, teacher_prepare, paths, cfg.batch_size,
-                                               work / "teacher_targets.pt", progress)
+                                               work / "teacher_targets.pt", progress, rt)
     mean = targets.mean(0) if cfg.standardize_targets else torch.zeros(targets.shape[1])
     std = targets.std(0) if cfg.standardize_targets else torch.ones(targets.shape[1])
     std = std.clamp_min(0.1 * float(std.mean()))
@@ -191,6 +203,9 @@ def distill(cfg: DistillConfig, out: str | Path, progress: bool = True) -> Disti
     student = build(cfg.student, "random", seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     projection = nn.Linear(student.dim, teacher.dim)
+    student.to(rt.device)
+    projection.to(rt.device)
+    dev_targets, dev_mean, dev_std = rt.to(targets), rt.to(mean), rt.to(std)
     params = list(student.parameters()) + list(projection.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(paths)
@@ -226,13 +241,14 @@ def distill(cfg: DistillConfig, out: str | Path, progress: bool = True) -> Disti
                 s_views.append(photometric(resize_tile(geo, px), rng, cfg.augment))
                 t_views.append(geo)
             if cfg.teacher_view == "clean":
-                target = targets[torch.as_tensor(idx)]
+                target = dev_targets[torch.as_tensor(idx, device=rt.device)]
             else:
-                with torch.inference_mode():
-                    target = teacher(teacher_prepare(t_views)).float()
+                with torch.inference_mode(), rt.autocast():
+                    target = teacher(rt.to(teacher_prepare(t_views))).float()
                 target = target.clone()
-            pred = projection(student(prepare(s_views)))
-            loss = loss_fn(pred, (target - mean) / std)
+            with rt.autocast():
+                pred = projection(student(rt.to(prepare(s_views))))
+            loss = loss_fn(pred.float(), (target - dev_mean) / dev_std)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -243,15 +259,15 @@ def distill(cfg: DistillConfig, out: str | Path, progress: bool = True) -> Disti
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "step_losses": losses,
                         "lr": float(sched.get_last_lr()[0])})
         with atomic_path(state_file) as tmp:
-            torch.save({"student": student.model.state_dict(), "projection": projection.state_dict(),
+            torch.save({"student": _cpu(student.model.state_dict()), "projection": _cpu(projection.state_dict()),
                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history,
                         "epoch": epoch}, tmp)
         write_json([{k: v for k, v in h.items() if k != "step_losses"} for h in history], work / "history.json")
     bar.close()
 
     ckpt = {
-        "format": CHECKPOINT_FORMAT, "student_arch": cfg.student, "student": student.model.state_dict(),
-        "projection": projection.state_dict(), "target_mean": mean, "target_std": std,
+        "format": CHECKPOINT_FORMAT, "student_arch": cfg.student, "student": _cpu(student.model.state_dict()),
+        "projection": _cpu(projection.state_dict()), "target_mean": mean, "target_std": std,
         "teacher": teacher.identity(), "teacher_dim": teacher.dim, "teacher_px": tpx, "input_px": px,
         "mean": list(teacher.spec.mean), "std": list(teacher.spec.std), "config": to_jsonable(cfg),
         "history": history, "n_tiles": n, "skipped": skipped, "finished": True,
@@ -259,6 +275,10 @@ def distill(cfg: DistillConfig, out: str | Path, progress: bool = True) -> Disti
     with atomic_path(out) as tmp:
         torch.save(ckpt, tmp)
     return DistillResult(out, history, n, skipped)
+
+
+def _cpu(state: dict) -> dict:
+    return {k: v.cpu() for k, v in state.items()}
 
 
 def config_from_dict(d: dict) -> DistillConfig:

@@ -37,7 +37,8 @@ from maga_core.e2e.data import BagDataset
 from maga_core.e2e.sampling import epoch_order, split_counts
 from maga_core.e2e.train import (E2EConfig, E2EResult, TileEncoder, _check_dataset, _n_steps, auc,
                                  build_aggregator, build_encoder, device_for, make_optimizer, named_grads,
-                                 named_params, prepare_for, save_result, set_modes, slide_loss, step_seed,
+                                 named_params, prepare_for, resolve_runtime, save_result, set_modes, slide_loss,
+                                 step_seed,
                                  torch_dtype, VAL_EPOCH)
 from maga_core.config import atomic_path
 from maga_core.errors import MagaError
@@ -109,6 +110,7 @@ def run_rank(cfg: E2EConfig, train_set: BagDataset, val_set: BagDataset | None =
     enc_group = dist.new_group(list(range(1, world)))  # every rank must take part in creating it
     local = int(os.environ.get("LOCAL_RANK", rank))
     device = device_for(local) if dist.get_backend() == "nccl" else torch.device("cpu")
+    cfg = resolve_runtime(cfg, str(device))
     ctx = _Ctx(rank, world, enc_group, device, torch_dtype(cfg))
     counts = split_counts(cfg.k, ctx.n_enc)
     n_steps = _n_steps(cfg, len(train_set))
@@ -119,7 +121,7 @@ def run_rank(cfg: E2EConfig, train_set: BagDataset, val_set: BagDataset | None =
     else:
         base = build_encoder(cfg)
         prepare = prepare_for(base)
-        encoder = TileEncoder(base, cfg.amp, cfg.checkpoint, cfg.chunk, ctx.dtype).to(device, ctx.dtype)
+        encoder = TileEncoder(base, cfg.amp, cfg.checkpoint, cfg.chunk, ctx.dtype, cfg.precision).to(device, ctx.dtype)
         dim_t.fill_(encoder.dim)
         model = encoder if cfg.freeze_encoder else DDP(encoder, process_group=enc_group,
                                                        device_ids=[device.index] if device.type == "cuda" else None)
@@ -129,7 +131,7 @@ def run_rank(cfg: E2EConfig, train_set: BagDataset, val_set: BagDataset | None =
     if rank == AGGREGATOR_RANK:
         aggregator = build_aggregator(cfg, dim).to(device, ctx.dtype)
         opt = make_optimizer(aggregator.parameters(), cfg.lr_aggregator, cfg.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16" and device.type == "cuda")
 
     history, validation, rec = [], [], {"loss": [], "grads": []}
     start, step = time.perf_counter(), 0

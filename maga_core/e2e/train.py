@@ -50,7 +50,9 @@ class E2EConfig:
     lr_aggregator: float = 2e-4
     weight_decay: float = 1e-5
     seed: int = 0
-    amp: bool = False  # torch.autocast: bfloat16 on CPU, float16 (+ GradScaler) on CUDA
+    amp: bool = False  # reduced precision even on CPU: with precision "auto", bf16 on CPU, fp16 (+ GradScaler) on CUDA
+    device: str = "auto"  # auto | cpu | cuda[:N] | mps (maga_core.device); saved resolved
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 autocast; saved resolved (amp = precision != fp32)
     checkpoint: bool = False  # activation checkpointing of the encoder, `chunk` tiles per segment
     chunk: int = 16
     freeze_encoder: bool = False  # the frozen-encoder baseline: only the aggregator trains
@@ -102,8 +104,22 @@ def torch_dtype(cfg: E2EConfig) -> torch.dtype:
     return torch.float64 if cfg.dtype == "float64" else torch.float32
 
 
-def amp_dtype(device: torch.device) -> torch.dtype:
+def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    if precision in ("bf16", "fp16"):
+        return torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def resolve_runtime(cfg: E2EConfig, device: str | None = None) -> E2EConfig:
+    """`cfg` with its device (or the given one) and precision resolved, `amp` meaning precision != fp32."""
+    from maga_core.device import resolve_device, resolve_precision
+
+    dev = device or resolve_device(cfg.device)
+    if cfg.amp and cfg.precision == "auto":
+        precision = "fp16" if dev.startswith("cuda") else "bf16"
+    else:
+        precision = resolve_precision(cfg.precision, dev)
+    return dataclasses.replace(cfg, device=dev, precision=precision, amp=precision != "fp32")
 
 
 def build_encoder(cfg: E2EConfig) -> nn.Module:
@@ -146,16 +162,17 @@ class TileEncoder(nn.Module):
     out in float32 whatever the compute dtype, so what is gathered and compared is dtype-stable."""
 
     def __init__(self, encoder: nn.Module, amp: bool = False, checkpoint: bool = False, chunk: int = 16,
-                 out_dtype: torch.dtype = torch.float32):
+                 out_dtype: torch.dtype = torch.float32, precision: str = "auto"):
         super().__init__()
         self.encoder, self.amp, self.checkpoint, self.chunk = encoder, amp, checkpoint, chunk
+        self.precision = precision
         self.out_dtype = out_dtype
         self.dim = int(encoder.dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] == 0:
             return x.new_zeros((0, self.dim), dtype=self.out_dtype)
-        with torch.autocast(x.device.type, dtype=amp_dtype(x.device), enabled=self.amp):
+        with torch.autocast(x.device.type, dtype=amp_dtype(x.device, self.precision), enabled=self.amp):
             if torch.is_grad_enabled() and self.checkpoint:
                 parts = [_checkpoint(self.encoder, c, use_reentrant=False) for c in x.split(self.chunk)]
             elif torch.is_grad_enabled():
@@ -190,7 +207,7 @@ def slide_loss(aggregator: nn.Module, feats: torch.Tensor, label: int, cfg: E2EC
     devices = [feats.device] if feats.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        with torch.autocast(feats.device.type, dtype=amp_dtype(feats.device), enabled=cfg.amp):
+        with torch.autocast(feats.device.type, dtype=amp_dtype(feats.device, cfg.precision), enabled=cfg.amp):
             out = aggregator(feats, **kw)
     logits = out.logits.to(feats.dtype)
     return out.combine(F.cross_entropy(logits, target)), logits.detach()
@@ -275,15 +292,17 @@ def train(cfg: E2EConfig, train_set: BagDataset, val_set: BagDataset | None = No
     """Train encoder + aggregator on one process. `record=True` keeps every step's gradients and the
     final parameters (for the equivalence check against the distributed scheme)."""
     _check_dataset(cfg, train_set)
-    device = device_for()
+    cfg = resolve_runtime(cfg)
+    device = torch.device(cfg.device)
     base = build_encoder(cfg)
     prepare = prepare_for(base)
-    encoder = TileEncoder(base, cfg.amp, cfg.checkpoint, cfg.chunk, torch_dtype(cfg)).to(device, torch_dtype(cfg))
+    encoder = TileEncoder(base, cfg.amp, cfg.checkpoint, cfg.chunk, torch_dtype(cfg),
+                          cfg.precision).to(device, torch_dtype(cfg))
     aggregator = build_aggregator(cfg, encoder.dim).to(device, torch_dtype(cfg))
     opt_enc = None if cfg.freeze_encoder else make_optimizer(encoder.parameters(), cfg.lr_encoder, cfg.weight_decay)
     opt_agg = make_optimizer(aggregator.parameters(), cfg.lr_aggregator, cfg.weight_decay)
     optimizers = [o for o in (opt_enc, opt_agg) if o is not None]
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16" and device.type == "cuda")
     cache = FrozenFeatureCache(encoder, prepare, device) if cfg.freeze_encoder else None
     history, validation = [], []
     rec: dict[str, Any] = {"loss": [], "grads": []}

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from maga_core.config import to_jsonable
+from maga_core.device import without_runtime
 from maga_core.maga.train import AlignConfig, train
 
 DEFAULT_TILES = ("lc25000_lung_224_dedup:train", "uni_tcga_luadlusc:train")
@@ -18,7 +19,7 @@ _NOT_IN_KEY = {"num_workers", "teacher_cache_mb"}
 
 def student_path(cfg: AlignConfig, runs: Path) -> Path:
     """<runs>/maga_students/<teacher>_<mag>x_<mode>_<hash of the config>.pt"""
-    payload = {k: v for k, v in to_jsonable(cfg).items() if k not in _NOT_IN_KEY}
+    payload = {k: v for k, v in without_runtime(to_jsonable(cfg)).items() if k not in _NOT_IN_KEY}
     key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
     return Path(runs) / "maga_students" / f"{cfg.teacher}_{cfg.mag:g}x_{cfg.mode}_{key}.pt"
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from maga_core.config import atomic_path, save_config, to_jsonable, write_json
+from maga_core.device import Runtime, resolve
 from maga_core.encoders import build
 from maga_core.errors import MagaError
 from maga_core.maga.loss import MagaLoss, match_teacher, resolve_weights
@@ -37,7 +39,7 @@ from maga_core.maga.views import view_at_mag
 from maga_core.slides import patch_px_for_mag
 
 # Fields that may differ between an interrupted run and its resumption.
-_RESUMABLE_DIFFERENCES = {"epochs", "num_workers", "teacher_cache_mb"}
+_RESUMABLE_DIFFERENCES = {"epochs", "num_workers", "teacher_cache_mb", "device"}
 
 
 # Mirror images (horizontal, vertical) of the student's 5x view; the targets are the same mirror images
@@ -68,6 +70,8 @@ class AlignConfig:
     upsample_interp: str = "bilinear"
     num_workers: int = 0
     teacher_cache_mb: int = 1024  # keep the teacher's (pooled) targets in memory when they fit
+    device: str = "auto"  # auto | cpu | cuda[:N] | mps; saved resolved (maga_core.device)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 autocast of both networks; saved resolved
 
     def validate(self) -> None:
         if self.mode not in ("native", "upsample"):
@@ -155,8 +159,8 @@ class TeacherTargets:
     across interrupted and resumed runs) when they fit in `budget_mb`; otherwise per batch."""
 
     def __init__(self, teacher, student, pipeline: InputPipeline, data: TileViews, taps: list[str],
-                 budget_mb: int, progress: bool):
-        self.teacher, self.student, self.pipeline, self.taps = teacher, student, pipeline, taps
+                 budget_mb: int, progress: bool, runtime: Runtime = Runtime()):
+        self.teacher, self.student, self.pipeline, self.taps, self.rt = teacher, student, pipeline, taps, runtime
         self.transforms = data.transforms
         self._shapes: dict[tuple[int, int], dict[str, torch.Size]] = {}
         self.cache: list[dict[str, torch.Tensor]] | None = None
@@ -173,16 +177,16 @@ class TeacherTargets:
         key = tuple(int(v) for v in low_hw)
         if key not in self._shapes:
             with torch.no_grad():
-                zeros = torch.zeros(1, *key, 3, dtype=torch.uint8)
-                self._shapes[key] = {k: v.shape[1:] for k, v in self.student.taps(self.pipeline(zeros), self.taps).items()}
+                zeros = self.rt.to(self.pipeline(torch.zeros(1, *key, 3, dtype=torch.uint8)))
+                self._shapes[key] = {k: v.shape[1:] for k, v in self.student.taps(zeros, self.taps).items()}
         return self._shapes[key]
 
     def compute(self, high: torch.Tensor, low_hw) -> dict[str, torch.Tensor]:
         shapes = self.shapes(low_hw)
-        with torch.no_grad():
-            x = self.teacher.transform(high).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), self.rt.autocast():
+            x = self.rt.to(self.teacher.transform(high)).contiguous(memory_format=torch.channels_last)
             out = self.teacher.taps(x, self.taps)
-            return {k: match_teacher(out[k], torch.empty(1, *shapes[k])).contiguous() for k in self.taps}
+            return {k: match_teacher(out[k].float(), torch.empty(1, *shapes[k])).contiguous() for k in self.taps}
 
     def __call__(self, idx: torch.Tensor, t: torch.Tensor, high: torch.Tensor, low: torch.Tensor):
         if self.cache is None:
@@ -213,6 +217,7 @@ def _usable_tiles(paths: list[Path]) -> tuple[list[Path], list[str]]:
 
 def _config_differences(saved: dict, cfg: AlignConfig) -> list[str]:
     now = to_jsonable(cfg)
+    saved = {"precision": "fp32", **saved}  # checkpoints from before the precision option ran fp32
     return [k for k in now if k not in _RESUMABLE_DIFFERENCES and saved.get(k) != now[k]]
 
 
@@ -236,6 +241,8 @@ def train(cfg: AlignConfig, out: str | Path, progress: bool = True,
     A finished checkpoint with the same configuration is returned as is; one from a different
     configuration is an error rather than silently overwritten."""
     cfg.validate()
+    rt = resolve(cfg.device, cfg.precision)
+    cfg = dataclasses.replace(cfg, device=rt.device, precision=rt.precision)  # the caller's cfg keeps its key
     out = Path(out)
     saved = None
     if out.exists():
@@ -261,7 +268,8 @@ def train(cfg: AlignConfig, out: str | Path, progress: bool = True,
     for p in teacher.parameters():
         p.requires_grad_(False)
     student = copy.deepcopy(teacher).eval()  # eval: BatchNorm statistics frozen (see module docstring)
-    teacher.to(memory_format=torch.channels_last)  # faster frozen forward on CPU
+    teacher.to(rt.device, memory_format=torch.channels_last)  # faster frozen forward on CPU
+    student.to(rt.device)
     for p in student.parameters():
         p.requires_grad_(True)
     pipeline = make_pipeline(cfg, teacher.spec)
@@ -280,23 +288,26 @@ def train(cfg: AlignConfig, out: str | Path, progress: bool = True,
         if saved["tiles"]["sha256"] != tiles_digest:
             raise MagaError("exists but was trained on a different tile list; choose another output", out)
         student.load_state_dict(saved["student"])
-        optimizer.load_state_dict(saved["optimizer"])
+        optimizer.load_state_dict(saved["optimizer"])  # state follows the parameters' device
         scheduler.load_state_dict(saved["scheduler"])
         history, start = list(saved["history"]), int(saved["epoch"])
 
     save_config(cfg, out.parent, name=out.stem + ".config.json")
-    targets = TeacherTargets(teacher, student, pipeline, data, taps, cfg.teacher_cache_mb, progress)
+    targets = TeacherTargets(teacher, student, pipeline, data, taps, cfg.teacher_cache_mb, progress, rt)
     for epoch in range(start, cfg.epochs):
         batches = same_size_batches(sizes, cfg.batch_size, len(data.transforms),
                                     torch.Generator().manual_seed(cfg.seed * 1009 + epoch))
-        loader = DataLoader(data, batch_sampler=batches, collate_fn=_collate, num_workers=cfg.num_workers)
+        loader = DataLoader(data, batch_sampler=batches, collate_fn=_collate, num_workers=cfg.num_workers,
+                            pin_memory=rt.pin_memory)
         lr = optimizer.param_groups[0]["lr"]
         sums = {"loss": 0.0, **{t: 0.0 for t in taps}}
         t0 = time.perf_counter()
         bar = tqdm(loader, desc=f"MAGA {cfg.mode} {cfg.mag:g}x epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, leave=False)
         for idx, t, high, low in bar:
-            loss, parts = loss_fn(student.taps(pipeline(low), taps), targets(idx, t, high, low))
+            with rt.autocast():
+                pred = student.taps(rt.to(pipeline(low)), taps)
+            loss, parts = loss_fn({k: v.float() for k, v in pred.items()}, targets(idx, t, high, low))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -314,7 +325,7 @@ def train(cfg: AlignConfig, out: str | Path, progress: bool = True,
             "loss_weights": weights, "pipeline": pipeline_dict(pipeline), "epoch": epoch + 1,
             "finished": epoch + 1 >= cfg.epochs, "history": history,
             "tiles": {"n": len(paths), "sha256": tiles_digest, "skipped": skipped},
-            "student": student.state_dict(), "optimizer": optimizer.state_dict(),
+            "student": {k: v.cpu() for k, v in student.state_dict().items()}, "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "torch": str(torch.__version__),
         }
         with atomic_path(out) as tmp:

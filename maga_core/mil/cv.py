@@ -26,6 +26,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from maga_core.config import atomic_path, save_config, to_jsonable, write_json
+from maga_core.device import without_runtime
 from maga_core.errors import MagaError
 from maga_core.mil.train import TrainConfig, load_bags, predict_bags, torch_threads, train_run
 
@@ -237,6 +238,7 @@ def _claim(out: Path, cfg: CVConfig) -> None:
     if saved.is_file():
         before = json.loads(saved.read_text())
         now = json.loads(json.dumps(to_jsonable(cfg)))
+        before, now = without_runtime(before), without_runtime(now)  # a run may resume on another device
         if {k: v for k, v in before.items() if k not in _PATHS} != {k: v for k, v in now.items() if k not in _PATHS}:
             raise MagaError("holds a cross-validation run with another configuration; choose another --out", out)
     save_config(cfg, out)

@@ -67,6 +67,8 @@ class TrainConfig:
     seed: int = 2023
     threads: int = 1  # torch intra-op threads; bags are small, and more threads thrash a busy CPU (20x here)
     model_kw: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"  # resolved device (maga_core.device); bags are copied there one step ahead
+    precision: str = "fp32"  # autocast in training (fp32 | bf16 | fp16); evaluation runs in fp32
 
     @classmethod
     def for_model(cls, model: str, **overrides: Any) -> "TrainConfig":
@@ -138,19 +140,26 @@ def _takes_label(model: nn.Module) -> bool:
     return "label" in inspect.signature(model.forward).parameters
 
 
+def _model_device(model: nn.Module) -> torch.device:
+    return next(iter(model.parameters()), torch.empty(0)).device
+
+
 def predict_bags(model: nn.Module, bags: Sequence[Bag], scores: bool = False) -> dict[str, Any]:
-    """Eval-mode class probabilities `[B, C]`, per-bag cross-entropy and optionally instance scores."""
+    """Eval-mode class probabilities `[B, C]`, per-bag cross-entropy and optionally instance scores
+    (fp32, on the model's device)."""
     model.eval()
+    dev = _model_device(model)
     probs, losses, inst = [], [], []
     with torch.no_grad():
         for bag in bags:
-            out = model(bag.features, coords=bag.coords)
-            logits = out.logits.float()
+            coords = bag.coords.to(dev) if bag.coords is not None else None
+            out = model(bag.features.to(dev), coords=coords)
+            logits = out.logits.float().cpu()
             probs.append(torch.softmax(logits, dim=1)[0].numpy())
             losses.append(float(F.cross_entropy(logits, torch.tensor([bag.label]))))
             if scores:
                 s = out.scores
-                inst.append(s.detach().float().numpy())
+                inst.append(s.detach().float().cpu().numpy())
     result: dict[str, Any] = {"probs": np.stack(probs) if probs else np.zeros((0, 0)), "loss": np.array(losses)}
     if scores:
         result["scores"] = inst
@@ -210,6 +219,10 @@ def train_model(model: nn.Module, train_bags: Sequence[Bag], val_bags: Sequence[
 
 def _train(model: nn.Module, train_bags: Sequence[Bag], val_bags: Sequence[Bag], cfg: TrainConfig,
            progress: bool, desc: str) -> TrainResult:
+    from maga_core.device import Runtime
+
+    rt = Runtime(cfg.device, cfg.precision)
+    model.to(rt.device)
     seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = build_optimizer(model, cfg)
@@ -222,18 +235,21 @@ def _train(model: nn.Module, train_bags: Sequence[Bag], val_bags: Sequence[Bag],
         order = torch.randperm(len(train_bags), generator=gen).tolist()
         opt.zero_grad(set_to_none=True)
         total = 0.0
+        ahead = _to_device(train_bags[order[0]], rt) if order else None
         for step, i in enumerate(order):
-            bag = train_bags[i]
-            x, c = bag.features, bag.coords
+            bag, (x, c) = train_bags[i], ahead
+            if step + 1 < len(order):  # the next bag's copy overlaps this step's compute on a GPU
+                ahead = _to_device(train_bags[order[step + 1]], rt)
             n = x.shape[0]
             if cfg.shuffle_instances or n > cfg.max_instances:
                 perm = torch.randperm(n, generator=gen) if cfg.shuffle_instances else torch.arange(n)
-                perm = perm[: cfg.max_instances]
+                perm = perm[: cfg.max_instances].to(rt.device)
                 x = x[perm]
                 c = c[perm] if c is not None else None
-            y = torch.tensor([bag.label])
-            out = model(x, coords=c, label=y) if takes_label else model(x, coords=c)
-            loss = out.combine(F.cross_entropy(out.logits, y))
+            y = torch.tensor([bag.label], device=rt.device)
+            with rt.autocast():
+                out = model(x, coords=c, label=y) if takes_label else model(x, coords=c)
+                loss = out.combine(F.cross_entropy(out.logits.float(), y))
             (loss / cfg.grad_accum).backward()
             total += float(loss.detach())
             if (step + 1) % cfg.grad_accum == 0 or step == len(order) - 1:
@@ -260,6 +276,14 @@ def _train(model: nn.Module, train_bags: Sequence[Bag], val_bags: Sequence[Bag],
                        stopped_epoch=epoch)
 
 
+def _to_device(bag: Bag, rt) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A bag's features and coords on the training device (pinned first on CUDA: asynchronous copy)."""
+    if not rt.cuda:
+        return rt.to(bag.features), rt.to(bag.coords)
+    return (rt.to(bag.features.pin_memory()),
+            rt.to(bag.coords.pin_memory()) if bag.coords is not None else None)
+
+
 def build(name: str, in_dim: int, n_classes: int, **kw: Any) -> nn.Module:
     """`maga_core.mil.build`, imported late: the package registers every model when imported."""
     from maga_core import mil
@@ -276,8 +300,8 @@ def new_model(cfg: TrainConfig, in_dim: int, n_classes: int) -> nn.Module:
 def save_checkpoint(model: nn.Module, cfg: TrainConfig, in_dim: int, n_classes: int, path: str | Path,
                     **extra: Any) -> Path:
     """Weights plus what is needed to rebuild the model (name, dims, config), written atomically."""
-    payload = {"model": cfg.model, "in_dim": in_dim, "n_classes": n_classes,
-               "config": dataclasses.asdict(cfg), "state_dict": model.state_dict(), **extra}
+    payload = {"model": cfg.model, "in_dim": in_dim, "n_classes": n_classes, "config": dataclasses.asdict(cfg),
+               "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, **extra}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)

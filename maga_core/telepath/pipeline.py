@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from maga_core.config import atomic_path, write_json
+from maga_core.device import Runtime
 from maga_core.errors import MagaError
 
 
@@ -52,20 +53,22 @@ def save_service_model(folder: str | Path, model: ServiceModel, aggregator_ckpt:
 class SlideAnalyzer:
     """Loads the networks once; `analyze` is safe to call from several threads (one forward at a time)."""
 
-    def __init__(self, spec: ServiceModel, folder: Path, num_workers: int = 0):
+    def __init__(self, spec: ServiceModel, folder: Path, num_workers: int = 0, runtime: Runtime | None = None):
         from maga_core.mil.train import load_checkpoint
 
         self.spec, self.folder, self.num_workers = spec, folder, num_workers
+        self.runtime = runtime or Runtime()
         self.aggregator, _ = load_checkpoint(folder / spec.aggregator)
+        self.aggregator.to(self.runtime.device)
         self._models: dict[float, object] = {}
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, folder: str | Path, num_workers: int = 0) -> "SlideAnalyzer":
+    def load(cls, folder: str | Path, num_workers: int = 0, runtime: Runtime | None = None) -> "SlideAnalyzer":
         folder = Path(folder)
         if not (folder / "service.json").exists():
             raise MagaError("not a service model folder (no service.json)", folder)
-        return cls(ServiceModel(**json.loads((folder / "service.json").read_text())), folder, num_workers)
+        return cls(ServiceModel(**json.loads((folder / "service.json").read_text())), folder, num_workers, runtime)
 
     def feature_model(self, mag: float):
         """The teacher at 20x (or without a student), else the MAGA student trained for `mag`."""
@@ -73,8 +76,8 @@ class SlideAnalyzer:
 
         if mag not in self._models:
             student = self.spec.students.get(f"{mag:g}")
-            self._models[mag] = (load_model(self.spec.encoder, student=self.folder / student) if student
-                                 else load_model(self.spec.encoder, mag=mag))
+            self._models[mag] = (load_model(self.spec.encoder, student=self.folder / student, runtime=self.runtime)
+                                 if student else load_model(self.spec.encoder, mag=mag, runtime=self.runtime))
         return self._models[mag]
 
     def analyze(self, path: Path, magnification: float) -> dict:
@@ -92,11 +95,12 @@ class SlideAnalyzer:
             feats = embed(SlidePatches(path, coords, model.mag, model.patch_px), model,
                           num_workers=self.num_workers, progress=False)
             t2 = time.perf_counter()
+            x = self.runtime.to(torch.from_numpy(feats))
             with torch.no_grad():
-                probs = torch.softmax(self.aggregator(torch.from_numpy(feats)).logits.float(), dim=1)[0].numpy()
+                probs = torch.softmax(self.aggregator(x).logits.float(), dim=1)[0].cpu().numpy()
             t3 = time.perf_counter()
             # Per-instance scores may need gradients (integrated gradients): a second, separate pass.
-            scores = self.aggregator(torch.from_numpy(feats)).scores.detach().float().numpy()
+            scores = self.aggregator(x).scores.detach().float().cpu().numpy()
         png = heatmap_png(mask.thumbnail, dims, coords, scores, side)
         t4 = time.perf_counter()
         k = int(np.argmax(probs))
@@ -106,6 +110,7 @@ class SlideAnalyzer:
             "magnification": float(model.mag), "patch_px": int(model.patch_px), "n_patches": int(len(coords)),
             "slide_dimensions": [int(d) for d in dims], "encoder": model.encoder,
             "maga_student": bool(model.student_sha256), "aggregator": type(self.aggregator).__name__,
+            "device": self.runtime.device, "precision": self.runtime.precision,
             "timings": {"tiling_s": t1 - t0, "encoding_s": t2 - t1, "aggregation_s": t3 - t2,
                         "heatmap_s": t4 - t3, "analysis_s": t4 - t0},
             "heatmap_png": png,
