@@ -140,6 +140,7 @@ def ablation_table(path) -> pd.DataFrame:
             rows.append({"run": name, "task": task, "augment": align["augment"],
                          "taps": "default" if align["taps"] is None else ", ".join(align["taps"]),
                          "pooled weight": align["pooled_weight"] or "default",
+                         "epochs, lr decay": f"{align['epochs']}, {align['lr_decay']:g}",
                          "teacher 20x": kinds["teacher_20x"][0], "teacher 5x": kinds["teacher_5x"][0],
                          "MAGA native": kinds["maga_5x_native"][0],
                          "gap recovered [95% CI]": "{:.0%} [{:.0%}, {:.0%}]".format(*t["recovered_fraction"]["maga_5x_native"]),
