@@ -59,8 +59,8 @@ def tiny_student(tmp_path_factory):
     from maga_core.maga.train import AlignConfig, train
 
     out = tmp_path_factory.mktemp("student") / "student.pt"
-    return train(AlignConfig(tiles=["lc25000_lung_224_dedup:train"], max_tiles=8, epochs=1, batch_size=8,
-                             device="cpu"), out, progress=False)
+    return train(AlignConfig(tiles=["lc25000_lung_224_dedup:train"], tile_mpp=0.5, max_tiles=8, epochs=1,
+                             batch_size=8, device="cpu"), out, progress=False)
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -113,8 +113,8 @@ def test_student_brings_its_magnification_pipeline_and_sha(tmp_path, tile_folder
     from maga_core.maga import AlignConfig, train
     from maga_core.encoders.registry import file_sha256
 
-    ckpt = train(AlignConfig(teacher=ENCODER, mag=5, mode="native", tiles=[str(tile_folder)], epochs=1,
-                             batch_size=3), tmp_path / "student.pt", progress=False)
+    ckpt = train(AlignConfig(teacher=ENCODER, mag=5, mode="native", tiles=[str(tile_folder)], tile_mpp=0.5,
+                             epochs=1, batch_size=3), tmp_path / "student.pt", progress=False)
     model = load_model(ENCODER, student=ckpt)
     assert (model.mag, model.patch_px, model.student_sha256) == (5.0, 64, file_sha256(ckpt))
     res = extract_tiles(tile_folder, model, tmp_path / "s.h5", tile_mpp=0.5, num_workers=0, progress=False)

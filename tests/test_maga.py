@@ -125,9 +125,11 @@ def test_real_alignment_run_freezes_batchnorm_and_brings_heldout_5x_features_to_
     """A short real run: the loss falls, no BatchNorm running statistic moves in either network, and on
     held-out TCGA tiles (other cases) the student's 5x features come closer to the teacher's 20x features
     than the teacher's own 5x features are."""
-    import maga_core.maga.train as maga_train
+    import importlib
+
     from maga_core.maga.probe import cosine, encode
 
+    maga_train = importlib.import_module("maga_core.maga.train")  # the module (the package exports train())
     built = []
     monkeypatch.setattr(maga_train, "build", lambda *a, **k: built.append(encoders.build(*a, **k)) or built[-1])
     fresh = encoders.build("efficientnet_lite0")

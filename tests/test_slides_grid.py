@@ -84,7 +84,9 @@ def test_patch_i_matches_across_magnifications(cmu, cmu_tissue):
         down = Image.fromarray(p20)
         scores5.append(psnr(p5, np.asarray(down.resize((64, 64), Image.Resampling.BOX))))
         scores10.append(psnr(p10, np.asarray(down.resize((128, 128), Image.Resampling.BOX))))
-    assert min(scores5) > 30 and min(scores10) > 30
+    # two resampling paths to one square (level 0 -> 10x directly, and via the 20x patch) agree to ~29-33 dB:
+    # area averaging aliases a little more than Lanczos did; another square scores below 25
+    assert min(scores5) > 30 and min(scores10) > 28
     # the same comparison between different grid squares is far below the bar
     wrong = psnr(read_patch(cmu, tuple(coords[1]), 5),
                  np.asarray(Image.fromarray(read_patch(cmu, tuple(coords[0]), 20)).resize((64, 64))))

@@ -50,7 +50,9 @@ def test_copy_gives_the_same_patches(cmu_copies):
             a = read_patch(reader, (x, y), 5)
             b = read_patch(copy5, (x * reader.mpp / copy5.mpp, y * reader.mpp / copy5.mpp), 5)
             mse = np.mean((a.astype(float) - b.astype(float)) ** 2)
-            assert 10 * np.log10(255**2 / mse) > 28
+            assert 10 * np.log10(255**2 / mse) > 26  # JPEG, area averaging and a sub-pixel shift; a wrong square < 20
+            shifted = read_patch(copy5, (x * reader.mpp / copy5.mpp + 8, y * reader.mpp / copy5.mpp), 5)
+            assert 10 * np.log10(255**2 / np.mean((a.astype(float) - shifted.astype(float)) ** 2)) < 20
 
 
 def test_write_is_atomic_and_mpp_exact(tmp_path):
