@@ -52,7 +52,7 @@ class InputPipeline:
         batch = patches if isinstance(patches, np.ndarray) else np.stack([np.asarray(p) for p in patches])
         if batch.dtype != np.uint8 or batch.ndim != 4:
             raise TypeError(f"expected uint8 [B,h,w,3] patches, got {batch.dtype} {batch.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)
+        x = torch.from_numpy(np.array(batch)).permute(0, 3, 1, 2).float().div_(255.0)  # a writable copy
         if self.mode == "upsample":
             size = [round(s * self.teacher_px / self.input_px) for s in x.shape[-2:]]
             x = F.interpolate(x, size=size, mode=self.interp,
