@@ -19,14 +19,6 @@ def view_at_mag(tile: np.ndarray, tile_mpp: float, mag: float) -> np.ndarray:
     return rescale(tile, float(tile_mpp) / mpp_for_mag(mag))
 
 
-def view_px(high_px: int, high_mag: float, mag: float) -> int:
-    """Edge length of the same tissue square at `mag` (256 px at 20x -> 128 at 10x -> 64 at 5x)."""
-    px = high_px * mag / high_mag
-    if abs(px - round(px)) > 1e-6 or px < 1:
-        raise ValueError(f"{high_px} px at {high_mag}x has no whole-pixel view at {mag}x")
-    return int(round(px))
-
-
 def low_mag_view(patch: np.ndarray, high_mag: float, mag: float) -> np.ndarray:
     """The same tissue at a lower magnification, from a patch at `high_mag`."""
     return view_at_mag(patch, mpp_for_mag(high_mag), mag)
