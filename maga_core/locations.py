@@ -1,11 +1,12 @@
 """Where the data mirror, the reference folder and the runs folder are, and where that answer came from,
 so that the package finds them without the Makefile and `maga doctor` can say which one is in use.
 
-Data mirror (the public data files; `MAGA_REFERENCE_DIR` / `reference_dir` / `../shared/reference` alike):
+Data mirror (the public data files; `MAGA_REFERENCE_DIR` / `reference_dir` / `shared/reference` alike):
   1. the environment variable `MAGA_DATA_DIR`;
   2. `data_dir:` in the user config file, `$MAGA_CONFIG`, else `$XDG_CONFIG_HOME/maga/config.yaml`
      (default `~/.config/maga/config.yaml`); a relative path there is relative to the file;
-  3. `../shared/data` beside the checkout the package runs from (a source checkout, not an installed wheel).
+  3. the `shared/data` folder that sits beside the checkout the package runs from (a source checkout, not
+     an installed wheel): how the project's machines lay the mirror out.
 Runs folder (artifacts chapters share): `MAGA_RUNS_DIR`, else `runs/` of the checkout, else `./runs` of the
 current directory (an installed wheel).
 """
@@ -22,6 +23,7 @@ from maga_core.errors import MagaError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONFIG_ENV = "MAGA_CONFIG"
+SIBLING = "shared"  # the folder beside a checkout that holds data/ and reference/
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class Location:
 class _Kind:
     env: str
     key: str  # in the user config file
-    beside: str  # under ../shared of the checkout
+    beside: str  # under the SIBLING folder of the checkout
 
 
 DATA = _Kind("MAGA_DATA_DIR", "data_dir", "data")
@@ -79,9 +81,19 @@ def _find(kind: _Kind) -> Location:
         config = user_config_file()
         return Location((config.parent / Path(str(value)).expanduser()).resolve(), f"{kind.key} in {config}")
     checkout = checkout_root()
-    if checkout is not None and (checkout.parent / "shared" / kind.beside).is_dir():
-        return Location(checkout.parent / "shared" / kind.beside, "../shared beside the checkout")
+    if checkout is not None and (checkout.parent / SIBLING / kind.beside).is_dir():
+        return Location(checkout.parent / SIBLING / kind.beside, sibling_source(kind))
     return Location(None, "not found")
+
+
+def sibling_source(kind: _Kind = DATA) -> str:
+    """The third place searched, in words."""
+    return f"{SIBLING}/{kind.beside} beside the checkout"
+
+
+def searched(kind: _Kind = DATA) -> str:
+    """Every place searched, in order, for a 'not found' message."""
+    return f"${kind.env}, '{kind.key}:' in {user_config_file()}, {sibling_source(kind)}"
 
 
 def data_dir() -> Location:
@@ -95,7 +107,7 @@ def reference_dir() -> Location:
 def how_to_set(kind: _Kind = DATA) -> str:
     """The fix, in one line, for an error message."""
     return (f"set {kind.env} (or '{kind.key}:' in {user_config_file()}) to the local copy, or place it at "
-            f"../shared/{kind.beside} beside the checkout")
+            f"{sibling_source(kind)}")
 
 
 def runs_root() -> Location:

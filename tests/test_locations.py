@@ -35,7 +35,7 @@ def test_search_order_variable_then_config_file_then_beside_the_checkout(fake_ch
     beside = tmp_path / "shared" / "data"
     beside.mkdir(parents=True)
     (tmp_path / "shared" / "reference").mkdir()
-    assert locations.data_dir() == locations.Location(beside, "../shared beside the checkout")
+    assert locations.data_dir() == locations.Location(beside, "shared/data beside the checkout")
     assert locations.reference_dir().path == tmp_path / "shared" / "reference"
     config = tmp_path / "config" / "config.yaml"
     config.parent.mkdir()

@@ -87,8 +87,7 @@ def check_data(skip: bool) -> Check:
     found = locations.data_dir()
     fix = locations.how_to_set(locations.DATA)
     if found.path is None:
-        return False, (f"no data mirror found (searched $MAGA_DATA_DIR, {locations.user_config_file()}, "
-                       f"../shared/data beside the checkout); cache {manifests.cache_dir()}"), fix
+        return False, f"no data mirror found (searched {locations.searched()}); cache {manifests.cache_dir()}", fix
     where = f"{found.path} (from {found.source})"
     if not found.path.is_dir():
         return False, f"{where} is not a folder", fix

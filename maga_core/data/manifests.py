@@ -1,7 +1,8 @@
 """Data manifests: every real file the project uses, with its sha256, size, license and public address.
 
 Files are reached only through `fetch`. The local mirror (`locations.data_dir()`: `MAGA_DATA_DIR`, the
-user config file, or `../shared/data` beside the checkout) is used in place after its sha256 is checked.
+user config file, or the `shared/data` folder beside the checkout) is used in place after its sha256 is
+checked.
 A file that is neither there nor in the cache is an error naming the variable to set, unless
 `MAGA_DOWNLOAD=1`: then pooch downloads the public file into the cache, checks the hash, and only then
 moves it into place, so a mismatch leaves nothing behind. The manifests ship inside the package
