@@ -46,13 +46,12 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
 @benchmark("maga", "train MAGA students with the defaults; held-out AUCs, recovered gap, cosine", _args)
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import tempfile
-    from dataclasses import fields
     from pathlib import Path
 
     from maga_core.maga.probe import ProbeConfig, run_probe_study
     from maga_core.maga.train import AlignConfig
 
-    epochs = args.epochs or next(f.default for f in fields(AlignConfig) if f.name == "epochs")
+    epochs = args.epochs or AlignConfig().epochs
     align = {k: v for k, v in {
         "augment": args.augment, "pooled_weight": args.pooled_weight, "lr_decay": args.lr_decay,
         "taps": args.taps.split(",") if args.taps else None,

@@ -117,17 +117,6 @@ class TileViews(Dataset):
         return i, t, torch.from_numpy(_flip(high, flips)), torch.from_numpy(_flip(low, flips))
 
 
-def tile_sizes(paths: list[Path]) -> list[int]:
-    """Edge length of each (square) tile, read from the image header."""
-    from PIL import Image
-
-    sizes = []
-    for p in paths:
-        with Image.open(p) as im:
-            sizes.append(im.size[0])
-    return sizes
-
-
 def same_size_batches(sizes: list[int], batch_size: int, n_transforms: int, generator: torch.Generator
                       ) -> list[list[tuple[int, int]]]:
     """Shuffled batches of (tile, transform) whose tiles share one size (views of one size stack)."""
@@ -196,16 +185,17 @@ def make_pipeline(cfg: AlignConfig, spec) -> InputPipeline:
                          mean=tuple(spec.mean), std=tuple(spec.std), interp=cfg.upsample_interp)
 
 
-def _usable_tiles(paths: list[Path]) -> tuple[list[Path], list[str]]:
-    """Decode every tile once; bad files are skipped and reported, not fatal."""
-    good, bad = [], []
+def _usable_tiles(paths: list[Path]) -> tuple[list[Path], list[int], list[str]]:
+    """Decode every tile once: the readable ones with their (square) sizes, which batch views of one size
+    together; bad files are skipped and reported, not fatal."""
+    good, sizes, bad = [], [], []
     for p in paths:
         try:
-            read_tile(p)
+            sizes.append(read_tile(p).shape[0])
             good.append(p)
         except MagaError as exc:
             bad.append(str(exc))
-    return good, bad
+    return good, sizes, bad
 
 
 def _config_differences(saved: dict, cfg: AlignConfig) -> list[str]:
@@ -252,7 +242,7 @@ def train(cfg: AlignConfig, out: str | Path, progress: bool = True,
             return out
 
     tile_mpp = tiles_mpp(cfg.tiles, cfg.tile_mpp)
-    paths, skipped = _usable_tiles(resolve_tiles(cfg.tiles, cfg.max_tiles, cfg.seed))
+    paths, sizes, skipped = _usable_tiles(resolve_tiles(cfg.tiles, cfg.max_tiles, cfg.seed))
     if len(paths) < 2:
         raise MagaError(f"need at least 2 readable tiles, found {len(paths)}", ", ".join(cfg.tiles))
     tiles_digest = hashlib.sha256("\n".join(str(p) for p in paths).encode()).hexdigest()
@@ -271,7 +261,6 @@ def train(cfg: AlignConfig, out: str | Path, progress: bool = True,
     taps = loss_fn.taps
 
     data = TileViews(paths, tile_mpp, cfg.high_mag, cfg.mag, AUGMENTS[cfg.augment])
-    sizes = tile_sizes(paths)
 
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: cfg.lr_decay ** e)
