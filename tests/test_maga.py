@@ -116,6 +116,61 @@ def test_tile_sources_bad_input():
         resolve_tiles(["uni_tcga_luadlusc:validation"])
 
 
+def test_validation_folds_split_the_train_cases_only():
+    """Settings are chosen on folds of the train split: each case in one fold, both classes in every fold,
+    fitK + valK = train, and the test split never appears."""
+    from maga_core.data.tiles import VALIDATION_FOLDS, select_split, tile_table
+
+    table = tile_table("uni_tcga_luadlusc")
+    train = set(select_split(table, "train")["path"])
+    seen = set()
+    for k in range(VALIDATION_FOLDS):
+        val, fit = select_split(table, f"val{k}"), select_split(table, f"fit{k}")
+        assert set(val["path"]) | set(fit["path"]) == train and not set(val["group"]) & set(fit["group"])
+        assert val.groupby("class")["group"].nunique().min() >= 2  # a case-wise probe needs 2 cases per class
+        seen |= set(val["path"])
+    assert seen == train
+    assert len(resolve_tiles(["uni_tcga_luadlusc:val0,fit0"])) == len(train)
+    with pytest.raises(MagaError, match="no split 'fit9'"):
+        resolve_tiles(["uni_tcga_luadlusc:fit9"])
+
+
+def test_dihedral_augment_transforms_both_views_alike(real_tile):
+    """Each of the 8 symmetries gives a different image, and transforming the tile then taking the 5x view
+    equals taking the view then transforming it (to one grey level: PIL's box filter rounds its two passes
+    in a fixed order): the teacher's targets match what the student sees."""
+    from maga_core.maga.train import AUGMENTS, _transform
+
+    assert len(AUGMENTS["dihedral"]) == 8 and set(AUGMENTS["flips"]) < set(AUGMENTS["dihedral"])
+    images = {_transform(real_tile, how).tobytes() for how in AUGMENTS["dihedral"]}
+    assert len(images) == 8
+    for how in AUGMENTS["dihedral"]:
+        a = view_at_mag(_transform(real_tile, how), 0.5, 5.0).astype(int)
+        assert np.abs(a - _transform(view_at_mag(real_tile, 0.5, 5.0), how)).max() <= 1
+
+
+def test_align_cli_leaves_training_defaults_to_alignconfig():
+    """`maga align` without options trains with AlignConfig's defaults (the ones chosen by maga.select)."""
+    from maga_core.cli import build_parser
+
+    args = build_parser().parse_args(["align", "--tiles", TCGA_TRAIN, "--out", "x.pt"])
+    assert all(getattr(args, k) is None for k in ("epochs", "batch_size", "seed", "lr", "augment"))
+
+
+def test_selection_scores_candidates_on_validation_folds_only(tmp_path):
+    """A tiny `maga bench maga-select`: students train on fitK and are probed on valK of both tasks."""
+    from maga_core.maga.select import run_selection
+
+    r = run_selection(tmp_path, {"a": {"epochs": 1}, "b": {"epochs": 1, "augment": "none"}}, folds=1,
+                      progress=False, max_train_tiles=8, max_tiles_per_class=4, n_boot=20)
+    assert r["chosen"] in ("a", "b") and set(r["score"]) == {"a", "b"}
+    rows = r["rows"]
+    assert {(x["candidate"], x["task"]) for x in rows} == {(c, t) for c in "ab"
+                                                           for t in ("tcga_luad_vs_lusc", "lc25000_aca_vs_scc")}
+    saved = (tmp_path / "maga_select" / "a" / "fold0" / "config.json").read_text()
+    assert '"eval_split": "val0"' in saved and ":fit0" in saved and ":train" not in saved
+
+
 def _cfg(**kw):
     base = dict(tiles=[TCGA_TRAIN], max_tiles=16, epochs=2, batch_size=8, seed=3)
     return AlignConfig(**{**base, **kw})

@@ -17,15 +17,17 @@ def register(sub) -> None:
     p.add_argument("--tiles", required=True, nargs="+",
                    help="folders of 20x tiles (recursive) or tile datasets, e.g. uni_tcga_luadlusc:train")
     p.add_argument("--out", required=True, help="checkpoint path (rewritten after every epoch)")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=512)
-    p.add_argument("--lr", type=float, default=1e-4)
+    # Training settings default to None here so that AlignConfig alone holds their values (maga.select).
+    p.add_argument("--epochs", type=int, default=None, help="default: AlignConfig's (15)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: AlignConfig's (32)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="default: AlignConfig's (1e-4, x0.9 per epoch)")
     p.add_argument("--max-tiles", type=int, default=None, help="train on a seeded subset of this many tiles")
     p.add_argument("--mpp", type=float, default=None,
                    help="the tiles' microns per pixel (0.5 for 20x); default: the tile datasets' manifests")
-    p.add_argument("--augment", choices=("none", "flips"), default="flips",
-                   help="flips: each tile also in its three mirror images (teacher targets for each)")
+    p.add_argument("--augment", choices=("none", "flips", "dihedral"), default=None,
+                   help="flips: each tile also in its three mirror images (teacher targets for each); "
+                        "dihedral: also transposed (rotations); default: AlignConfig's")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     add_device_arguments(p)
     p.set_defaults(func=run)
@@ -34,11 +36,12 @@ def register(sub) -> None:
 def run(args) -> int:
     from maga_core.maga.train import AlignConfig, history_paths, train
 
+    chosen = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
+                                 "lr": args.lr, "augment": args.augment}.items() if v is not None}
     cfg = AlignConfig(
         teacher=args.teacher, teacher_weights=args.teacher_weights, mag=args.mag, mode=args.mode,
-        tiles=list(args.tiles), epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, lr=args.lr,
-        max_tiles=args.max_tiles, tile_mpp=args.mpp, augment=args.augment, num_workers=args.workers,
-        device=args.device, precision=args.precision)
+        tiles=list(args.tiles), max_tiles=args.max_tiles, tile_mpp=args.mpp, num_workers=args.workers,
+        device=args.device, precision=args.precision, **chosen)
     out = train(cfg, args.out)
     history = json.loads(history_paths(out)[1].read_text())
     print(json.dumps({"checkpoint": str(out), "epochs": len(history), "last": history[-1]}, indent=2))

@@ -20,7 +20,7 @@ def _args(p: argparse.ArgumentParser) -> None:
                                                    "students, reused by later runs (default: a temporary folder)")
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--modes", default="native,upsample", help="students to train: native, upsample or both")
-    p.add_argument("--augment", choices=("none", "flips"), help="ablation: override maga align's augmentation")
+    p.add_argument("--augment", help="ablation: override maga align's augmentation (none, flips, dihedral)")
     p.add_argument("--taps", help="ablation: comma-separated taps (default: the encoder's)")
     p.add_argument("--tap-weights", help="ablation: comma-separated weights of --taps")
     p.add_argument("--pooled-weight", type=float, help="ablation: weight of the pooled feature")
@@ -67,3 +67,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "train_seconds": {m: s["train_seconds"] for m, s in results["students"].items()},
             "align_config": {m: s["align_config"] for m, s in results["students"].items()},
             "tasks": summarize(results), "seconds": results["seconds"]}
+
+
+def _select_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", default="efficientnet_lite0")
+    p.add_argument("--candidates", default=None, help="comma-separated names of maga.select.CANDIDATES "
+                                                      "(default: all)")
+    p.add_argument("--max-train-tiles", type=int, default=None, help="train on a seeded subset (quick runs)")
+    p.add_argument("--workdir", default=None, help="folder for the students and per-fold results, reused by "
+                                                   "later runs (default: a temporary folder)")
+
+
+@benchmark("maga-select", "choose maga align's settings on validation folds of the train tiles", _select_args)
+def select(args: argparse.Namespace) -> dict[str, Any]:
+    import tempfile
+    from pathlib import Path
+
+    from maga_core.errors import MagaError
+    from maga_core.maga.select import CANDIDATES, run_selection
+
+    names = args.candidates.split(",") if args.candidates else list(CANDIDATES)
+    unknown = set(names) - set(CANDIDATES)
+    if unknown:
+        raise MagaError(f"unknown candidates {sorted(unknown)} (has {list(CANDIDATES)})", "--candidates")
+    with tempfile.TemporaryDirectory(prefix="maga-select-") as tmp:
+        result = run_selection(Path(args.workdir or tmp), {n: CANDIDATES[n] for n in names},
+                               progress=not args.json, teacher=args.teacher, max_train_tiles=args.max_train_tiles)
+    return {"machine": machine(), **result}

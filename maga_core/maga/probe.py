@@ -65,6 +65,7 @@ class ProbeConfig:
     max_tiles_per_class: int | None = None  # per class (smoke runs); None: all held-out tiles
     batch_infer: int = 32
     modes: list[str] = field(default_factory=lambda: ["native", "upsample"])  # students to train and probe
+    eval_split: str = "test"  # "valK" (with train_tiles "...:fitK") when choosing settings (maga.select)
     align: dict = field(default_factory=dict)  # other AlignConfig fields (ablations: augment, taps, ...)
 
 
@@ -89,11 +90,11 @@ def feature_kinds(mag: float) -> dict[str, str]:
 
 
 def _task_tiles(dataset: str, cfg: ProbeConfig):
-    """The held-out (test split) tiles of the two classes."""
-    from maga_core.data.tiles import tile_table
+    """The evaluated tiles of the two classes: the held-out test split, or a validation fold."""
+    from maga_core.data.tiles import select_split, tile_table
 
-    table = tile_table(dataset)
-    table = table[(table["split"] == "test") & table["class"].isin(CLASSES)].reset_index(drop=True)
+    table = select_split(tile_table(dataset), cfg.eval_split)
+    table = table[table["class"].isin(CLASSES)].reset_index(drop=True)
     if cfg.max_tiles_per_class is not None:  # seeded, round-robin over cases so each class keeps several
         table = table.sample(frac=1.0, random_state=cfg.seed)
         table = table.assign(_turn=table.groupby("group").cumcount()).sort_values(["_turn", "group"])

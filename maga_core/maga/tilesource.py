@@ -1,5 +1,6 @@
 """Where MAGA training tiles come from: a folder of images (searched recursively) or a tile dataset from
-the manifests, optionally restricted to splits: "uni_tcga_luadlusc:train", "lc25000_lung_224_dedup:train"."""
+the manifests, optionally restricted to splits: "uni_tcga_luadlusc:train", "lc25000_lung_224_dedup:train",
+or a validation fold of the train split: "lc25000_lung_224_dedup:fit0" (data.tiles.select_split)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 def resolve_tiles(sources: list[str] | tuple[str, ...], max_tiles: int | None = None, seed: int = 0) -> list[Path]:
     """Image paths of all sources, in a stable order; `max_tiles` keeps a seeded subset (order kept)."""
     from maga_core.data import manifests
-    from maga_core.data.tiles import tile_table
+    import pandas as pd
+
+    from maga_core.data.tiles import select_split, tile_table
 
     paths: list[Path] = []
     for source in sources:
@@ -33,11 +36,10 @@ def resolve_tiles(sources: list[str] | tuple[str, ...], max_tiles: int | None = 
                             f"(datasets: {', '.join(manifests.names())})", source)
         table = tile_table(dataset)
         if splits:
-            wanted = set(splits.split(","))
-            unknown = wanted - set(table["split"])
-            if unknown:
-                raise MagaError(f"no split {sorted(unknown)} (has {sorted(set(table['split']))})", source)
-            table = table[table["split"].isin(wanted)]
+            try:
+                table = pd.concat([select_split(table, s) for s in splits.split(",")]).sort_index()
+            except ValueError as exc:
+                raise MagaError(str(exc), source) from None
         paths += [Path(p) for p in table["path"]]
     paths = list(dict.fromkeys(paths))
     if max_tiles is not None and max_tiles < len(paths):

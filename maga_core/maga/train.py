@@ -42,10 +42,25 @@ from maga_core.slides import patch_px_for_mag
 _RESUMABLE_DIFFERENCES = {"epochs", "num_workers", "teacher_cache_mb", "device"}
 
 
-# Mirror images (horizontal, vertical) of a tile: the student sees a mirrored 5x view and the teacher's
-# targets are computed on the same mirror image of the 20x view (once per tile and mirror image). Measured
-# with `maga bench maga`: mirroring the teacher's maps of the unmirrored view instead recovered less.
-AUGMENTS = {"none": ((False, False),), "flips": ((False, False), (True, False), (False, True), (True, True))}
+# Symmetries of a tile as (mirror left-right, mirror top-bottom, transpose): the student sees the transformed
+# 5x view and the teacher's targets are computed on the same transform of the 20x view (once per tile and
+# transform). Measured with `maga bench maga`: mirroring the teacher's maps of the untransformed view
+# instead recovered less. "dihedral" adds the four transposed images (rotations by 90 degrees).
+_MIRRORS = ((False, False), (True, False), (False, True), (True, True))
+AUGMENTS = {"none": ((False, False, False),),
+            "flips": tuple((*m, False) for m in _MIRRORS),
+            "dihedral": tuple((*m, t) for t in (False, True) for m in _MIRRORS)}
+
+
+def _transform(view: np.ndarray, how: tuple[bool, bool, bool]) -> np.ndarray:
+    """An HxWx3 view mirrored and/or transposed; always a writable copy (decoded images are read-only)."""
+    if how[2]:
+        view = view.transpose(1, 0, 2)
+    if how[0]:
+        view = view[:, ::-1]
+    if how[1]:
+        view = view[::-1]
+    return np.array(view)
 
 
 @dataclass
@@ -84,22 +99,13 @@ class AlignConfig:
             raise MagaError(f"augment must be one of {', '.join(AUGMENTS)}, not {self.augment!r}")
 
 
-def _flip(view: np.ndarray, flips: tuple[bool, bool]) -> np.ndarray:
-    """Mirror an HxWx3 view (horizontal, vertical); always a writable copy (decoded images are read-only)."""
-    if flips[0]:
-        view = view[:, ::-1]
-    if flips[1]:
-        view = view[::-1]
-    return np.array(view)
-
-
 class TileViews(Dataset):
     """(index, transform, 20x view, low-magnification view) of tile images, both uint8 and mirrored by the
     transform, made by `views.view_at_mag` exactly as `maga extract` views a tile folder. Tiles of one size
     give views of one size."""
 
     def __init__(self, paths: list[Path], tile_mpp: float, high_mag: float, mag: float,
-                 transforms: tuple[tuple[bool, bool], ...] = AUGMENTS["none"]):
+                 transforms: tuple[tuple[bool, bool, bool], ...] = AUGMENTS["none"]):
         self.paths, self.tile_mpp, self.high_mag, self.mag = list(paths), tile_mpp, high_mag, mag
         self.transforms = transforms
 
@@ -113,8 +119,8 @@ class TileViews(Dataset):
     def __getitem__(self, item: tuple[int, int]):
         i, t = item
         high, low = self.views(i)
-        flips = self.transforms[t]
-        return i, t, torch.from_numpy(_flip(high, flips)), torch.from_numpy(_flip(low, flips))
+        how = self.transforms[t]
+        return i, t, torch.from_numpy(_transform(high, how)), torch.from_numpy(_transform(low, how))
 
 
 def same_size_batches(sizes: list[int], batch_size: int, n_transforms: int, generator: torch.Generator
