@@ -150,6 +150,30 @@ def ablation_table(path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def selection_table(path) -> pd.DataFrame:
+    """The recorded `maga bench maga-select` run (results/maga_selection.json): per candidate, the native
+    student's validation AUC per task (mean over folds) beside the teacher's, the score that chose the
+    defaults, and which candidate won."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        return pd.DataFrame({"note": [f"{path.name} not recorded in this checkout"]})
+    record = json.loads(path.read_text())
+    rows = pd.DataFrame(record["rows"])
+    means = rows.groupby(["candidate", "task"], sort=False)[["teacher_20x", "teacher_5x", "student"]].mean()
+    table = means["student"].unstack("task").add_prefix("MAGA native AUC: ")
+    teacher = means[["teacher_20x", "teacher_5x"]].groupby("task").first()
+    for task, t in teacher.iterrows():
+        table[f"teacher 20x / 5x: {task}"] = f"{t['teacher_20x']:.3f} / {t['teacher_5x']:.3f}"
+    table["score (mean AUC)"] = pd.Series(record["score"])
+    table["settings"] = [", ".join(f"{k}={v}" for k, v in record["candidates"][c].items()) or "(defaults then)"
+                         for c in table.index]
+    table["chosen"] = ["yes" if c == record["chosen"] else "" for c in table.index]
+    return table.round(4)
+
+
 def auc_figure(results: dict) -> go.Figure:
     tasks = list(results["tasks"])
     kinds = list(next(iter(results["tasks"].values()))["probe"])

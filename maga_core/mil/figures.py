@@ -44,6 +44,48 @@ def evidence_table(auc: pd.DataFrame, delong: pd.DataFrame) -> pd.DataFrame:
     return wide.reset_index().rename_axis(columns=None)
 
 
+def cohort_text(facts: dict, cfg: ExperimentConfig) -> str:
+    """The cohort in words (chapter 04): slides, patients, folds, where the tiles came from, and the leak
+    check of the MAGA student's training tiles (`experiment.cohort_facts`)."""
+    import json
+
+    f = facts
+    text = (
+        f"{f['slides']} slides of {f['patients']} patients in {f['folds']} patient-level folds: each fold tests "
+        f"{' or '.join(map(str, f['test_slides_per_fold']))} slides of "
+        f"{' or '.join(map(str, f['test_patients_per_fold']))} patients. The slides hold {f['tile_placements']} "
+        f"tile placements ({f['placements_per_slide']} per slide, {f['lesion_placements']} of them lesion) of "
+        f"{f['source_tiles']} distinct source tiles from the {', '.join(f['tile_splits'])} split(s), "
+        f"{f['source_tiles_per_patient']} per patient, each placed in one of the 8 orientations of the square. ")
+    if "student_tiles" in f:
+        text += (f"The MAGA student trained on {f['student_tiles']} tiles, of which {f['student_tiles_on_slides']} "
+                 "are on a slide.")
+    return (text + f"\n\nTraining settings that differ from the papers' (per model; `*`: all): "
+            f"`{json.dumps(cfg.train)}`. Chosen per fold on validation: `{json.dumps(cfg.candidates)}`.")
+
+
+def maga_gain_text(tables: dict[str, pd.DataFrame]) -> str:
+    """Per model, the mean AUC of 5x+MAGA and its difference to 5x, 5x upsampled and 20x, with the
+    patient-clustered DeLong p of each difference (chapter 04's evidence tables)."""
+    auc = tables["auc"].set_index(["model", "setting"])["auc_mean"]
+    delong = tables["delong"]
+    p_of = delong.set_index(["model", "a", "b"])["p_value"] if len(delong) else pd.Series(dtype=float)
+    lines = []
+    for m in dict.fromkeys(tables["auc"]["model"]):
+        if (m, "5x+MAGA") not in auc.index:
+            continue
+        parts = []
+        for b in ("5x", "5x upsampled", "20x"):
+            if (m, b) in auc.index:
+                p = p_of.get((m, "5x+MAGA", b))
+                parts.append(f"{auc[m, '5x+MAGA'] - auc[m, b]:+.3f} against {b}"
+                             + (f" (p = {p:.2g})" if p is not None else ""))
+        rest = ", ".join(parts) if parts else "run at 5x+MAGA only (see the placement comparison)"
+        lines.append(f"* **{m}**: 5x+MAGA {auc[m, '5x+MAGA']:.3f}; {rest}.")
+    return ("Mean AUC of 5x+MAGA and its difference to each other setting (patient-clustered DeLong p on pooled "
+            "predictions):\n\n" + "\n".join(lines))
+
+
 def auc_bars(table: pd.DataFrame, title: str = "Mean AUC over folds (95% CI)") -> go.Figure:
     """Bars per model, one colour per setting, CI whiskers; the paper's figure as a grey diamond."""
     fig = go.Figure()
