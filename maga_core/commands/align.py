@@ -18,10 +18,10 @@ def register(sub) -> None:
                    help="folders of 20x tiles (recursive) or tile datasets, e.g. uni_tcga_luadlusc:train")
     p.add_argument("--out", required=True, help="checkpoint path (rewritten after every epoch)")
     # Training settings default to None here so that AlignConfig alone holds their values (maga.select).
-    p.add_argument("--epochs", type=int, default=None, help="default: AlignConfig's (15)")
+    p.add_argument("--epochs", type=int, default=None, help="default: AlignConfig's (30)")
     p.add_argument("--batch-size", type=int, default=None, help="default: AlignConfig's (32)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None, help="default: AlignConfig's (1e-4, x0.9 per epoch)")
+    p.add_argument("--lr", type=float, default=None, help="default: AlignConfig's (1e-4, x0.95 per epoch)")
     p.add_argument("--max-tiles", type=int, default=None, help="train on a seeded subset of this many tiles")
     p.add_argument("--mpp", type=float, default=None,
                    help="the tiles' microns per pixel (0.5 for 20x); default: the tile datasets' manifests")

@@ -25,8 +25,8 @@ def student_path(cfg: AlignConfig, runs: Path) -> Path:
 
 
 def ensure_student(runs: Path, teacher: str = "efficientnet_lite0", mag: float = 5.0, mode: str = "native",
-                   tiles: list[str] | tuple[str, ...] = DEFAULT_TILES, epochs: int = 15, batch_size: int = 32,
-                   seed: int = 512, max_tiles: int | None = None, progress: bool = True,
+                   tiles: list[str] | tuple[str, ...] = DEFAULT_TILES, epochs: int = AlignConfig.epochs,
+                   batch_size: int = AlignConfig.batch_size, seed: int = AlignConfig.seed, max_tiles: int | None = None, progress: bool = True,
                    tile_mpp: float = DEFAULT_TILE_MPP, **kw) -> Path:
     """Checkpoint of the student with these settings: trained (or resumed) if absent, else reused."""
     cfg = AlignConfig(teacher=teacher, mag=float(mag), mode=mode, tiles=list(tiles), epochs=int(epochs),

@@ -28,6 +28,7 @@ from maga_core.config import atomic_path, save_config, to_jsonable, write_json
 from maga_core.maga.ensure import DEFAULT_TILES, DEFAULT_TILE_MPP, ensure_student
 from maga_core.maga.student import load_student
 from maga_core.maga.tilesource import read_tile
+from maga_core.maga.train import AlignConfig
 from maga_core.maga.views import view_at_mag
 
 TASKS = {
@@ -54,8 +55,8 @@ class ProbeConfig:
     train_tiles: list[str] = field(default_factory=lambda: list(DEFAULT_TILES))
     tile_mpp: float = DEFAULT_TILE_MPP
     max_train_tiles: int | None = None
-    epochs_native: int = 15
-    epochs_upsample: int = 15
+    epochs_native: int = AlignConfig.epochs
+    epochs_upsample: int = AlignConfig.epochs
     batch_size: int = 32
     seed: int = 512
     n_boot: int = 500
@@ -113,7 +114,7 @@ def encode(encoder, prepare, patches: np.ndarray, batch: int = 32) -> np.ndarray
 
 
 def compute_features(cfg: ProbeConfig, teacher, students: dict, high: np.ndarray, low: np.ndarray) -> dict:
-    from maga_core.maga.train import AlignConfig, make_pipeline
+    from maga_core.maga.train import make_pipeline
 
     m = f"{cfg.mag:g}x"
     up = make_pipeline(AlignConfig(teacher=cfg.teacher, mag=cfg.mag, mode="upsample"), teacher.spec)
