@@ -57,6 +57,7 @@ class CohortRunConfig:
     num_workers: int = field(default_factory=_default_workers)
     min_tissue: float = 0.5
     grad_accum: int | None = None  # None: each model's default
+    bag_batch: int | None = None  # bags per forward pass (mil.train.bag_batches); None: 1
     device: str = "auto"
     precision: str = "auto"
 
@@ -155,6 +156,8 @@ def run_cohort(cfg: CohortRunConfig, progress: bool = True) -> dict[str, Any]:
     unknown = set(cfg.models) - set(MODELS)
     if unknown:
         raise MagaError(f"unknown aggregator(s) {sorted(unknown)}; known: {', '.join(MODELS)}")
+    if cfg.bag_batch is not None and cfg.bag_batch < 1:  # refused here, not after hours of feature extraction
+        raise MagaError(f"bag_batch must be at least 1, got {cfg.bag_batch}")
     name, _, task = cfg.cohort.partition(":")
     cohort = load_upstream(name, task or None, root=cfg.upstream or None)
     rt = resolve(cfg.device, cfg.precision)
@@ -211,8 +214,8 @@ def run_cohort(cfg: CohortRunConfig, progress: bool = True) -> dict[str, Any]:
     labels_csv, splits_csv = UpstreamCohort(cohort.name, cohort.task, cohort.classes, labels, splits).write(
         out / "cohort")
 
-    overrides = {"max_epochs": cfg.epochs, "grad_accum": cfg.grad_accum, "device": rt.device,
-                 "precision": rt.precision}
+    overrides = {"max_epochs": cfg.epochs, "grad_accum": cfg.grad_accum, "bag_batch": cfg.bag_batch,
+                 "device": rt.device, "precision": rt.precision}
     for s in cfg.settings:
         for model in tqdm(cfg.models, desc=f"cv {s}", disable=not progress):
             cv = CVConfig.create(model, feat[s] / "cases", labels_csv, out / "cv" / s / model,

@@ -69,7 +69,7 @@ def test_cohort_run_end_to_end_and_resume(tmp_path, small_cohort, tiny_student, 
     out = tmp_path / "run"
     code = cli.main(["cohort", "run", "--slides", str(slides), "--out", str(out), "--upstream", str(up),
                      "--student", str(tiny_student), "--epochs", "1", "--bootstrap", "20", "--workers", "0",
-                     "--device", "cpu", "--quiet"])
+                     "--bag-batch", "2", "--device", "cpu", "--quiet"])
     assert code == 1  # the corrupt slide
     printed = capsys.readouterr().out
     assert "failed: " in printed and "TCGA-AA-0100-01Z-00-DX1.tif" in printed
@@ -101,8 +101,11 @@ def test_cohort_run_end_to_end_and_resume(tmp_path, small_cohort, tiny_student, 
     assert (align_cfg["device"], align_cfg["precision"]) == ("cpu", "fp32")
     cv_cfg = json.loads((out / "cv" / "20x" / "gltrans" / "config.json").read_text())
     assert cv_cfg["train"]["device"] == "cpu" and cv_cfg["train"]["max_epochs"] == 1
+    assert cv_cfg["train"]["bag_batch"] == 2 and json.loads((out / "config.json").read_text())["bag_batch"] == 2
 
     again = run_cohort(CohortRunConfig(slides=str(slides), out=str(out), upstream=str(up), student=str(tiny_student),
-                                       epochs=1, bootstrap=20, num_workers=0, device="cpu"), progress=False)
+                                       epochs=1, bootstrap=20, num_workers=0, bag_batch=2, device="cpu"),
+                     progress=False)
     assert again["slides"]["extracted"] == 0 and again["slides"]["resumed"] == N_CASES + 1
     assert pd.read_csv(out / "reproduction_table.csv").equals(table)
+
