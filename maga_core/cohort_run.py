@@ -33,6 +33,7 @@ MODELS = ("gltrans", "transmil", "clam_sb", "clam_mb", "abmil")
 # Upstream cohort -> the task of mil.experiment whose paper figures it stands beside.
 PAPER_TASK = {"cohort_tcga_nsclc": "subtype", "cohort_tcga_nsclc_ctranspath": "subtype",
               "cohort_camelyon16": "lesion"}
+TABLE, REPORT = "reproduction_table.csv", "report.json"  # what a finished run leaves in its --out folder
 
 
 def _default_workers() -> int:
@@ -223,7 +224,7 @@ def run_cohort(cfg: CohortRunConfig, progress: bool = True) -> dict[str, Any]:
             run_cv(cv, progress=False)
 
     table = reproduction_table(out, cfg, name)
-    with atomic_path(out / "reproduction_table.csv") as tmp:
+    with atomic_path(out / TABLE) as tmp:
         table.to_csv(tmp, index=False)
     slide_rows = pd.DataFrame([{"slide": rec["slide"], "case": rec["case"], "setting": s, "n_patches": rec["n_patches"],
                                 "seconds": rec["tissue_grid_s"] + v["embed_s"], "embed_s": v["embed_s"],
@@ -245,9 +246,20 @@ def run_cohort(cfg: CohortRunConfig, progress: bool = True) -> dict[str, Any]:
               "slides": {"extracted": len(records) - len(resumed), "resumed": len(resumed), "failed": failed,
                          "unlisted": unlisted},
               "cases": int(len(labels)), "folds": len(keep), "per_setting": per_setting, "ratios": ratios,
-              "notes": notes, "table": str(out / "reproduction_table.csv")}
-    write_json(report, out / "report.json")
+              "notes": notes, "table": str(out / TABLE)}
+    write_json(report, out / REPORT)
     return report
+
+
+def read_run(out: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The reproduction table and report of a finished run in `out`; a one-line error naming the folder
+    when either is missing (not a run, or one still going: the two are written last)."""
+    out = Path(out)
+    missing = [name for name in (TABLE, REPORT) if not (out / name).is_file()]
+    if missing:
+        raise MagaError(f"no finished `maga cohort run` here ({' and '.join(missing)} missing); "
+                        f"run `maga cohort run --slides DIR --out {out}` first", out)
+    return pd.read_csv(out / TABLE), json.loads((out / REPORT).read_text())
 
 
 def reproduction_table(out: Path, cfg: CohortRunConfig, cohort: str) -> pd.DataFrame:
