@@ -33,6 +33,7 @@ MODELS = ("gltrans", "transmil", "clam_sb", "clam_mb", "abmil")
 # Upstream cohort -> the task of mil.experiment whose paper figures it stands beside.
 PAPER_TASK = {"cohort_tcga_nsclc": "subtype", "cohort_tcga_nsclc_ctranspath": "subtype",
               "cohort_camelyon16": "lesion"}
+TABLE, REPORT = "reproduction_table.csv", "report.json"  # what a finished run leaves in its --out folder
 
 
 def _default_workers() -> int:
@@ -57,6 +58,7 @@ class CohortRunConfig:
     num_workers: int = field(default_factory=_default_workers)
     min_tissue: float = 0.5
     grad_accum: int | None = None  # None: each model's default
+    bag_batch: int | None = None  # bags per forward pass (mil.train.bag_batches); None: 1
     device: str = "auto"
     precision: str = "auto"
 
@@ -155,6 +157,8 @@ def run_cohort(cfg: CohortRunConfig, progress: bool = True) -> dict[str, Any]:
     unknown = set(cfg.models) - set(MODELS)
     if unknown:
         raise MagaError(f"unknown aggregator(s) {sorted(unknown)}; known: {', '.join(MODELS)}")
+    if cfg.bag_batch is not None and cfg.bag_batch < 1:  # refused here, not after hours of feature extraction
+        raise MagaError(f"bag_batch must be at least 1, got {cfg.bag_batch}")
     name, _, task = cfg.cohort.partition(":")
     cohort = load_upstream(name, task or None, root=cfg.upstream or None)
     rt = resolve(cfg.device, cfg.precision)
@@ -211,8 +215,8 @@ def run_cohort(cfg: CohortRunConfig, progress: bool = True) -> dict[str, Any]:
     labels_csv, splits_csv = UpstreamCohort(cohort.name, cohort.task, cohort.classes, labels, splits).write(
         out / "cohort")
 
-    overrides = {"max_epochs": cfg.epochs, "grad_accum": cfg.grad_accum, "device": rt.device,
-                 "precision": rt.precision}
+    overrides = {"max_epochs": cfg.epochs, "grad_accum": cfg.grad_accum, "bag_batch": cfg.bag_batch,
+                 "device": rt.device, "precision": rt.precision}
     for s in cfg.settings:
         for model in tqdm(cfg.models, desc=f"cv {s}", disable=not progress):
             cv = CVConfig.create(model, feat[s] / "cases", labels_csv, out / "cv" / s / model,
@@ -220,7 +224,7 @@ def run_cohort(cfg: CohortRunConfig, progress: bool = True) -> dict[str, Any]:
             run_cv(cv, progress=False)
 
     table = reproduction_table(out, cfg, name)
-    with atomic_path(out / "reproduction_table.csv") as tmp:
+    with atomic_path(out / TABLE) as tmp:
         table.to_csv(tmp, index=False)
     slide_rows = pd.DataFrame([{"slide": rec["slide"], "case": rec["case"], "setting": s, "n_patches": rec["n_patches"],
                                 "seconds": rec["tissue_grid_s"] + v["embed_s"], "embed_s": v["embed_s"],
@@ -242,9 +246,20 @@ def run_cohort(cfg: CohortRunConfig, progress: bool = True) -> dict[str, Any]:
               "slides": {"extracted": len(records) - len(resumed), "resumed": len(resumed), "failed": failed,
                          "unlisted": unlisted},
               "cases": int(len(labels)), "folds": len(keep), "per_setting": per_setting, "ratios": ratios,
-              "notes": notes, "table": str(out / "reproduction_table.csv")}
-    write_json(report, out / "report.json")
+              "notes": notes, "table": str(out / TABLE)}
+    write_json(report, out / REPORT)
     return report
+
+
+def read_run(out: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The reproduction table and report of a finished run in `out`; a one-line error naming the folder
+    when either is missing (not a run, or one still going: the two are written last)."""
+    out = Path(out)
+    missing = [name for name in (TABLE, REPORT) if not (out / name).is_file()]
+    if missing:
+        raise MagaError(f"no finished `maga cohort run` here ({' and '.join(missing)} missing); "
+                        f"run `maga cohort run --slides DIR --out {out}` first", out)
+    return pd.read_csv(out / TABLE), json.loads((out / REPORT).read_text())
 
 
 def reproduction_table(out: Path, cfg: CohortRunConfig, cohort: str) -> pd.DataFrame:

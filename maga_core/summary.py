@@ -12,11 +12,16 @@ Convention, for every chapter that reproduces a figure of the paper:
 Results go to <runs>/results/<chapter>.json (`runs` is the preset's folder, `P["runs"]`), so every preset
 keeps its own. A figure that no
 chapter wrote is shown as "not run"; nothing is filled in.
+
+The full-scale table is not a chapter's: `maga cohort run` writes it beside the paper's figures, and
+`cohort_run` shows that run's table (the full preset reads <runs root>/cohort_tcga_nsclc).
 """
 
 from __future__ import annotations
 
+import html
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,6 +29,7 @@ from typing import Any, Iterator
 import pandas as pd
 import yaml
 
+from maga_core import locations
 from maga_core.config import write_json
 from maga_core.data.manifests import reference_path
 from maga_core.errors import MagaError
@@ -142,6 +148,63 @@ def coverage(table: pd.DataFrame) -> dict[str, int]:
     figures = table["section"] + "." + table["figure"]
     run = figures[table["ours"] != NOT_RUN].nunique()
     return {"figures": figures.nunique(), "reproduced": int(run), "not_run": int(figures.nunique() - run)}
+
+
+@dataclass(repr=False)
+class CohortRunView:
+    """What chapter 09 shows of a `maga cohort run`: one line on where the table comes from (or how to
+    make it) and, when there is a run, its table, paper beside ours. Displays itself in a notebook."""
+
+    message: str
+    table: pd.DataFrame | None = None
+
+    def __repr__(self) -> str:
+        return self.message if self.table is None else f"{self.message}\n{self.table.to_string(index=False)}"
+
+    def _repr_html_(self) -> str:
+        shown = "" if self.table is None else self.table.style.hide(axis="index").to_html()
+        return f"<p>{html.escape(self.message)}</p>{shown}"
+
+
+def cohort_run_folder(folder: str | Path) -> Path:
+    """A cohort-run folder as presets name it: absolute, or relative to the runs root (beside the
+    presets' folders, so every preset can read it)."""
+    return locations.runs_root().path / folder
+
+
+def cohort_run(given: str | Path | None, conventional: str | Path | None) -> CohortRunView:
+    """The table of the cohort run in `given` (a folder the reader named: it must hold a finished run,
+    else a one-line error naming it), else in the preset's `conventional` folder, which is named after
+    its cohort and may not exist yet: then the message says which `maga cohort run` makes it."""
+    from maga_core.cohort_run import REPORT, TABLE, read_run
+
+    if given is None and conventional is None:
+        return CohortRunView("this preset reads no `maga cohort run` (the full preset does)")
+    folder = cohort_run_folder(given if given is not None else conventional)
+    if given is None and not all((folder / name).is_file() for name in (TABLE, REPORT)):
+        return CohortRunView(f"no finished cohort run in {folder}: the full-scale table needs `maga cohort run "
+                             f"--cohort {folder.name} --slides DIR --out {folder}` first")
+    table, report = read_run(folder)
+    failed = len(report["slides"]["failed"])
+    failed_note = f", {failed} slides failed (report.json)" if failed else ""
+    return CohortRunView(f"{report['cohort']} ({report['task']}): {report['cases']} cases, {report['folds']} folds, "
+                         f"on {report['runtime']['device']} ({report['runtime']['precision']}){failed_note}; "
+                         f"from {folder}", cohort_run_rows(table))
+
+
+def cohort_run_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """A reproduction table in the columns of `comparison`: AUC (mean over folds, 95% CI) paper beside
+    ours and their difference, then pooled AUC, F1, accuracy, folds and cases."""
+    rows = []
+    for r in table.itertuples():
+        paper = None if pd.isna(r.paper_auc) else float(r.paper_auc)
+        paper_ci = None if pd.isna(r.paper_ci_low) else [float(r.paper_ci_low), float(r.paper_ci_high)]
+        rows.append({"model": r.model, "setting": r.setting, "paper": _fmt(paper), "paper_ci": _fmt(paper_ci),
+                     "ours": _fmt(float(r.auc_mean)), "ours_ci": _fmt([float(r.auc_ci_low), float(r.auc_ci_high)]),
+                     "difference": "" if paper is None else _fmt(float(r.auc_mean) - paper),
+                     "auc_pooled": _fmt(float(r.auc_pooled)), "f1": _fmt(float(r.f1_mean)),
+                     "accuracy": _fmt(float(r.accuracy_mean)), "folds": int(r.folds), "cases": int(r.cases)})
+    return pd.DataFrame(rows)
 
 
 def _leaves(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:

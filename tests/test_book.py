@@ -236,6 +236,16 @@ def test_smoke_book_executes_every_chapter_with_injected_parameters(smoke_book):
     assert tele["gigapixels_per_slide"]["x20"] / tele["gigapixels_per_slide"]["x5"] == pytest.approx(16, rel=0.05)
 
 
+@pytest.mark.notebooks
+def test_full_preset_summary_says_which_cohort_run_it_needs(reference_file, tmp_path, monkeypatch):
+    reference_file("paper_results.yaml")
+    monkeypatch.setenv("MAGA_RUNS_DIR", str(tmp_path / "runs"))
+    chapter = next(p for p in CHAPTERS if p.stem == "09_reproduction_summary")
+    nb = nbformat.read(book.execute_notebook(chapter, "full", out_dir=tmp_path / "chapters"), as_version=4)
+    folder = tmp_path / "runs" / "cohort_tcga_nsclc"
+    assert f"`maga cohort run --cohort cohort_tcga_nsclc --slides DIR --out {folder}` first" in _text_all(nb)
+
+
 def _text(cell) -> str:
     return "".join(o.get("text", "") + json.dumps(o.get("data", {}).get("text/plain", ""))
                    for o in cell.get("outputs", []))

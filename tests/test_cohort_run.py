@@ -5,13 +5,15 @@ the table, a corrupt slide skipped and reported, a two-slide case concatenated, 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from maga_core import cli
+from maga_core import cli, summary
 from maga_core.cohort_run import MODELS, CohortRunConfig, case_of, run_cohort
+from maga_core.errors import MagaError
 from maga_core.data.features import read_features
 from maga_core.slides.generator import generate_slide
 
@@ -69,7 +71,7 @@ def test_cohort_run_end_to_end_and_resume(tmp_path, small_cohort, tiny_student, 
     out = tmp_path / "run"
     code = cli.main(["cohort", "run", "--slides", str(slides), "--out", str(out), "--upstream", str(up),
                      "--student", str(tiny_student), "--epochs", "1", "--bootstrap", "20", "--workers", "0",
-                     "--device", "cpu", "--quiet"])
+                     "--bag-batch", "2", "--device", "cpu", "--quiet"])
     assert code == 1  # the corrupt slide
     printed = capsys.readouterr().out
     assert "failed: " in printed and "TCGA-AA-0100-01Z-00-DX1.tif" in printed
@@ -101,8 +103,39 @@ def test_cohort_run_end_to_end_and_resume(tmp_path, small_cohort, tiny_student, 
     assert (align_cfg["device"], align_cfg["precision"]) == ("cpu", "fp32")
     cv_cfg = json.loads((out / "cv" / "20x" / "gltrans" / "config.json").read_text())
     assert cv_cfg["train"]["device"] == "cpu" and cv_cfg["train"]["max_epochs"] == 1
+    assert cv_cfg["train"]["bag_batch"] == 2 and json.loads((out / "config.json").read_text())["bag_batch"] == 2
+
+    # chapter 09 shows the run: paper beside ours, from the files the run wrote
+    view = summary.cohort_run(str(out), None)
+    assert view.message.startswith(f"cohort_tcga_nsclc (subtype): {N_CASES} cases, {N_FOLDS} folds, on cpu (fp32), "
+                                   f"1 slides failed")
+    shown = view.table
+    assert list(shown[["model", "setting"]].itertuples(index=False)) == list(
+        table[["model", "setting"]].itertuples(index=False))
+    np.testing.assert_allclose(shown["ours"].astype(float), table["auc_mean"], rtol=1e-3)
+    compared = shown[shown["paper"] != ""]
+    assert len(compared) == table["paper_auc"].notna().sum() > 0
+    np.testing.assert_allclose(compared["difference"].astype(float),
+                               compared["ours"].astype(float) - compared["paper"].astype(float), atol=2e-4)
+    assert "5x+MAGA" in view._repr_html_() and str(out) in repr(view)
 
     again = run_cohort(CohortRunConfig(slides=str(slides), out=str(out), upstream=str(up), student=str(tiny_student),
-                                       epochs=1, bootstrap=20, num_workers=0, device="cpu"), progress=False)
+                                       epochs=1, bootstrap=20, num_workers=0, bag_batch=2, device="cpu"),
+                     progress=False)
     assert again["slides"]["extracted"] == 0 and again["slides"]["resumed"] == N_CASES + 1
     assert pd.read_csv(out / "reproduction_table.csv").equals(table)
+
+
+def test_chapter_09_names_the_missing_cohort_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAGA_RUNS_DIR", str(tmp_path / "runs"))
+    conventional = summary.cohort_run(None, "cohort_tcga_nsclc")  # the full preset's folder, not made yet
+    folder = tmp_path / "runs" / "cohort_tcga_nsclc"
+    assert conventional.table is None and conventional.message == (
+        f"no finished cohort run in {folder}: the full-scale table needs "
+        f"`maga cohort run --cohort cohort_tcga_nsclc --slides DIR --out {folder}` first")
+    assert summary.cohort_run(None, None).table is None
+    (tmp_path / "given").mkdir()
+    (tmp_path / "given" / "report.json").write_text("{}")  # a run still going: the table is written last
+    with pytest.raises(MagaError, match="^" + re.escape(f"{tmp_path / 'given'}: no finished `maga cohort run` here "
+                                                        "(reproduction_table.csv missing)")):
+        summary.cohort_run(str(tmp_path / "given"), "cohort_tcga_nsclc")

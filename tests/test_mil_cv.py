@@ -12,7 +12,8 @@ import torch
 from maga_core.cli import main
 from maga_core.errors import MagaError
 from maga_core.mil.cv import CVConfig, check_splits, make_splits, read_labels, run_cv
-from maga_core.mil.train import Bag, TrainConfig, build_optimizer, evaluate, new_model, train_model
+from maga_core.mil.train import (SIZE_CLASS_RATIO, Bag, TrainConfig, bag_batches, batch_loss, build_optimizer,
+                                  evaluate, new_model, train_model, train_run)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -90,6 +91,79 @@ def test_model_defaults_follow_the_papers():
         TrainConfig.for_model("gltrans", nonsense=1)
 
 
+@pytest.mark.parametrize("model", ["gltrans", "transmil", "clam_sb", "clam_mb", "abmil"])
+def test_a_bag_batch_loss_and_gradients_are_the_mean_over_its_bags(model):
+    from maga_core.device import Runtime
+
+    kw = {"dim": 32} if model in ("gltrans", "transmil") else {}
+    net = new_model(TrainConfig.for_model(model, model_kw=kw), 16, 2).eval()  # no dropout; batch norm fixed
+    g = torch.Generator().manual_seed(0)
+    xs, labels, rt = [torch.randn(12, 16, generator=g) * s for s in (1.0, 3.0, 0.5)], [0, 1, 1], Runtime()
+    params = [p for p in net.parameters() if p.requires_grad]
+
+    def loss_and_grads(bags, ys):
+        loss = batch_loss(net, bags, [None] * len(bags), ys, rt)
+        return [loss, *torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)]
+
+    one = [loss_and_grads([x], [y]) for x, y in zip(xs, labels)]
+    for got, parts in zip(loss_and_grads(xs, labels), zip(*one)):
+        torch.testing.assert_close(got, torch.stack(parts).mean(0), atol=1e-6, rtol=1e-5)
+
+
+def test_bag_batches_follow_the_size_class_rule():
+    sizes = [10, 10, 10, 10, 11, 12, 50, 50, 51, 60, 400, 9]
+    batches = bag_batches(sizes, 3, torch.Generator().manual_seed(3))
+    assert sorted(i for b in batches for i in b) == list(range(len(sizes)))  # every bag once an epoch
+    assert all(1 <= len(b) <= 3 for b in batches)
+    assert all(max(sizes[i] for i in b) < SIZE_CLASS_RATIO * min(sizes[i] for i in b) for b in batches)
+    assert batches == bag_batches(sizes, 3, torch.Generator().manual_seed(3))  # seeded
+    equal = bag_batches([20] * 7, 3, torch.Generator().manual_seed(0))
+    assert sorted(map(len, equal)) == [1, 3, 3]  # equal sizes share one class: only its last batch is short
+    two = bag_batches([30, 300, 30, 300], 2, torch.Generator().manual_seed(0))
+    assert sorted(sorted(b) for b in two) == [[0, 2], [1, 3]]
+    # one bag per batch: the order of the one-bag trainer's draw, so its results are unchanged
+    assert bag_batches(sizes, 1, torch.Generator().manual_seed(3)) == [
+        [i] for i in torch.randperm(len(sizes), generator=torch.Generator().manual_seed(3)).tolist()]
+
+
+def test_bag_batch_training_is_deterministic_and_recorded(tmp_path):
+    cfg = TrainConfig.for_model("abmil", max_epochs=3, seed=5, lr=1e-3, bag_batch=4)
+    train, val = _toy_bags(12, 0), _toy_bags(6, 1)  # 6 to 19 instances: several size classes
+    passes, histories = [], []
+    for _ in range(2):
+        net = new_model(cfg, 16, 2)
+        net.register_forward_pre_hook(lambda _, args: passes.append(len(args[0]) if args[0].dim() == 3 else 0))
+        histories.append(train_model(net, train, val, cfg, progress=False).history)
+    pd.testing.assert_frame_equal(histories[0], histories[1])
+    assert np.isfinite(histories[0]["train_loss"]).all()
+    assert sum(passes) == 2 * 3 * len(train) and 1 < max(passes) <= 4  # training passes are [B, N, D]
+    train_run(cfg, train, val, tmp_path, n_classes=2, progress=False)
+    assert json.loads((tmp_path / "config.json").read_text())["bag_batch"] == 4
+
+
+def test_bag_batch_is_refused_for_a_model_that_takes_one_bag():
+    cfg = TrainConfig.for_model("gltrans", bag_batch=2, model_kw={"dim": 32, "placement": "coords"})
+    with pytest.raises(MagaError, match="takes one bag per forward pass"):
+        train_model(new_model(cfg, 16, 2), _toy_bags(4, 0), [], cfg, progress=False)
+    with pytest.raises(MagaError, match="bag_batch must be at least 1"):
+        train_model(new_model(cfg, 16, 2), _toy_bags(4, 0), [], TrainConfig.for_model("abmil", bag_batch=0),
+                    progress=False)
+
+
+def test_folders_saved_before_bag_batch_still_resume(tmp_path):
+    from maga_core.mil.cv import _claim
+
+    cfg = CVConfig.create("abmil", tmp_path, tmp_path / "labels.csv", tmp_path / "cv")
+    _claim(tmp_path / "cv", cfg)
+    saved = json.loads((tmp_path / "cv" / "config.json").read_text())
+    del saved["train"]["bag_batch"]  # as written before the option existed
+    (tmp_path / "cv" / "config.json").write_text(json.dumps(saved))
+    _claim(tmp_path / "cv", cfg)
+    cfg.train.bag_batch = 2
+    with pytest.raises(MagaError, match="another configuration"):
+        _claim(tmp_path / "cv", cfg)
+
+
 def _labels(n_patients: int = 12, slides: int = 2) -> pd.DataFrame:
     rows = [{"slide": f"p{p}_s{s}", "patient": f"p{p}", "label": p % 2} for p in range(n_patients) for s in range(slides)]
     return pd.DataFrame(rows)
@@ -130,6 +204,9 @@ def test_bad_labels_file_is_one_clear_error(tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines() == [
         f"maga mil: error: {bad}: missing column(s) ['label'] (need slide, label[, patient][, fold])"]
     assert not (tmp_path / "o" / "predictions.csv").exists()
+    assert main(["mil", "--features", str(tmp_path), "--labels", str(bad), "--out", str(tmp_path / "o"),
+                 "--bag-batch", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "maga mil: error: --bag-batch must be at least 1, got 0"
 
 
 @pytest.fixture(scope="module")

@@ -205,3 +205,25 @@ def test_coordinate_placement_ignores_bag_order_and_sequence_placement_does_not(
     assert outs["coords"] < 1e-5 and outs["sequence"] > 1e-4
     with pytest.raises(ValueError, match="coords"):
         mil.build(name, 16, 2, dim=32, placement="coords")(feats)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_batch_of_bags_gives_each_bag_its_own_outputs(name):
+    torch.manual_seed(0)
+    kw = {"dim": 64, "score_steps": 2} if name in ("gltrans", "transmil") else {}
+    model = mil.build(name, in_dim=48, n_classes=3, **kw).eval()
+    x = torch.randn(3, 40, 48)
+    x[1] *= 3.0  # bags on different scales: the Nystrom pseudo-inverse must start from each bag's own
+    batch, one = model(x), [model(bag) for bag in x]
+    assert batch.logits.shape == (3, 3) and batch.scores.shape == (3, 40)
+    torch.testing.assert_close(batch.logits, torch.cat([o.logits for o in one]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batch.scores, torch.stack([o.scores for o in one]), atol=1e-5, rtol=1e-5)
+    assert getattr(model, "batches_bags")
+
+
+def test_coordinate_placed_grids_refuse_batches():
+    model = mil.build("gltrans", 16, 2, dim=32, placement="coords").eval()
+    coords = torch.stack(torch.meshgrid(torch.arange(3), torch.arange(3), indexing="ij"), -1).reshape(-1, 2) * 64
+    assert not model.batches_bags
+    with pytest.raises(ValueError, match="one bag at a time"):
+        model(torch.randn(2, 9, 16), coords=torch.stack([coords, coords]))

@@ -6,9 +6,11 @@
 #   tools/device_check.sh                    # CUDA if present, else CPU
 #   DEVICE=cuda:1 PRECISION=fp16 tools/device_check.sh
 #   SIZE=2048 SLIDES=4 TILES=32 tools/device_check.sh   # smaller (what the CPU defaults are)
+#   BAG_BATCH=2 tools/device_check.sh        # the CV fold with 2 bags per forward pass
 #
 # Env: PYTHON (default: python), DEVICE (auto), PRECISION (auto), SIZE (slide side in px), SLIDES (small
-# slides for the CV fold), TILES (tiles for align), KEEP=1 keeps the work folder (printed in the JSON).
+# slides for the CV fold), TILES (tiles for align), BAG_BATCH (maga mil --bag-batch, default 1), KEEP=1
+# keeps the work folder (printed in the JSON).
 set -euo pipefail
 PY=${PYTHON:-python}
 DEVICE=${DEVICE:-auto}
@@ -54,7 +56,8 @@ parts = ["fold,slide,part"] + [f"0,s{i},{'test' if i in test else 'val' if i in 
 PYEOF
 t2=$(now)
 maga mil --model gltrans --features "$WORK/feat" --labels "$WORK/labels.csv" --splits "$WORK/splits.csv" \
-  --epochs 5 --bootstrap 50 --out "$WORK/cv" --device "$DEVICE" --precision "$PRECISION" --quiet >/dev/null
+  --epochs 5 --bootstrap 50 --bag-batch "${BAG_BATCH:-1}" --out "$WORK/cv" --device "$DEVICE" \
+  --precision "$PRECISION" --quiet >/dev/null
 t3=$(now)
 "$PY" - "$WORK" "$t0" "$t1" "$t2" "$t3" "$DEVICE" "$PRECISION" "${KEEP:-0}" <<'PYEOF'
 import json, sys
@@ -75,7 +78,7 @@ out["align_2_epochs_seconds"] = t1 - t0
 out["cv_fold_seconds"] = t3 - t2
 out["cv_fold_auc"] = json.loads((work / "cv" / "summary.json").read_text())["pooled"]["auc"]["value"]
 cfg = json.loads((work / "cv" / "config.json").read_text())["train"]
-out["cv_device"], out["cv_precision"] = cfg["device"], cfg["precision"]
+out["cv_device"], out["cv_precision"], out["cv_bag_batch"] = cfg["device"], cfg["precision"], cfg["bag_batch"]
 if keep == "1":
     out["work"] = str(work)
 print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}, indent=2))

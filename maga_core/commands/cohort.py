@@ -23,7 +23,8 @@ def register(sub) -> None:
                    help="comma-separated of 20x, 5x, 5x_maga (default %(default)s)")
     r.add_argument("--models", default="gltrans,transmil,clam_sb,clam_mb,abmil", help="aggregators (default: all five)")
     r.add_argument("--epochs", type=int, help="maximum training epochs per fold (default: each model's)")
-    r.add_argument("--grad-accum", type=int, help="bags per optimiser step (default: each model's)")
+    r.add_argument("--grad-accum", type=int, help="forward passes per optimiser step (default: each model's)")
+    r.add_argument("--bag-batch", type=int, help="bags per forward pass, of one size class (default 1; for GPUs)")
     r.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples for CIs (default 500)")
     r.add_argument("--batch-size", type=int, help="patches per extraction batch (default: by patch size)")
     r.add_argument("--workers", type=int, help="reader processes (default: half the cores)")
@@ -39,7 +40,8 @@ def run(args) -> int:
     cfg = CohortRunConfig(cohort=args.cohort, slides=args.slides, out=args.out, upstream=args.upstream,
                           encoder=args.encoder, student=args.student, settings=split(args.settings),
                           models=split(args.models), epochs=args.epochs, bootstrap=args.bootstrap,
-                          batch_size=args.batch_size, grad_accum=args.grad_accum, device=args.device,
+                          batch_size=args.batch_size, grad_accum=args.grad_accum, bag_batch=args.bag_batch,
+                          device=args.device,
                           precision=args.precision)
     if args.workers is not None:
         cfg.num_workers = args.workers

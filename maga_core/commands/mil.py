@@ -24,7 +24,10 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--train-seed", type=int, help="seed of initialisation and shuffling")
     p.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples for CIs (default 500)")
-    p.add_argument("--grad-accum", type=int, help="bags per optimiser step (gradient accumulation; model default)")
+    p.add_argument("--grad-accum", type=int, help="forward passes per optimiser step (gradient accumulation; "
+                   "model default)")
+    p.add_argument("--bag-batch", type=int, help="bags per forward pass, of one size class, cut to the smallest "
+                   "(default 1; for GPUs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_arguments(p)
     p.set_defaults(func=run)
@@ -50,9 +53,10 @@ def run(args) -> int:
     if not labels:
         raise MagaError("give --labels CSV or --cohort NAME")
     overrides = {"max_epochs": args.epochs, "patience": args.patience, "min_epochs": args.min_epochs,
-                 "lr": args.lr, "seed": args.train_seed, "grad_accum": args.grad_accum}
-    if args.grad_accum is not None and args.grad_accum < 1:
-        raise MagaError(f"--grad-accum must be at least 1, got {args.grad_accum}")
+                 "lr": args.lr, "seed": args.train_seed, "grad_accum": args.grad_accum, "bag_batch": args.bag_batch}
+    for flag, value in (("--grad-accum", args.grad_accum), ("--bag-batch", args.bag_batch)):
+        if value is not None and value < 1:
+            raise MagaError(f"{flag} must be at least 1, got {value}")
     rt = resolve(args.device, args.precision)
     overrides.update(device=rt.device, precision=rt.precision)
     cfg = CVConfig.create(args.model, args.features, labels, args.out, train_overrides=overrides,

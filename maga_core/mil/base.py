@@ -3,6 +3,9 @@
 A slide is a bag of instance features `[N, D]` (or `[1, N, D]`); an aggregator returns a `MILOutput`:
 bag logits `[1, C]`, one score per real instance (for heatmaps; padding never gets a score) and, for
 models trained with an auxiliary objective (CLAM's instance clustering), that loss and its weight.
+Models whose `batches_bags` is true also take a batch `[B, N, D]` of B bags of equal size N (training
+on a GPU: one forward pass for B bags): logits `[B, C]`, scores `[B, N]`, the auxiliary loss the mean
+over the bags.
 """
 
 from __future__ import annotations
@@ -82,13 +85,15 @@ def build(name: str, in_dim: int, n_classes: int, **kw) -> nn.Module:
     return MODELS[name](in_dim=in_dim, n_classes=n_classes, **kw)
 
 
-def as_bag(features: torch.Tensor) -> torch.Tensor:
-    """Accept `[N, D]` or `[1, N, D]`; return `[N, D]`. Batches of several bags are refused, because
-    bags differ in size and every model here works on one bag at a time."""
-    if features.dim() == 3:
-        if features.shape[0] != 1:
-            raise MagaError(f"expected one bag [1, N, D], got shape {tuple(features.shape)}")
-        features = features[0]
-    if features.dim() != 2 or features.shape[0] < 1:
-        raise MagaError(f"expected bag features [N, D] with N >= 1, got shape {tuple(features.shape)}")
+def as_batch(features: torch.Tensor) -> torch.Tensor:
+    """Accept one bag `[N, D]` or a batch of equal-sized bags `[B, N, D]`; return `[B, N, D]`."""
+    if features.dim() == 2:
+        features = features[None]
+    if features.dim() != 3 or features.shape[0] < 1 or features.shape[1] < 1:
+        raise MagaError(f"expected bag features [N, D] or [B, N, D] with N >= 1, got shape {tuple(features.shape)}")
     return features
+
+
+def per_bag(values: torch.Tensor) -> torch.Tensor:
+    """Drop the batch dimension of a one-bag result (`[1, ...]` -> `[...]`), as callers of one bag expect."""
+    return values[0] if values.shape[0] == 1 else values

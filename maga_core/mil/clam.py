@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maga_core.mil.base import MILOutput, as_bag, register
+from maga_core.mil.base import MILOutput, as_batch, per_bag, register
 from maga_core.mil.layers import GatedAttention
 
 
 class _CLAM(nn.Module):
     multi_branch = False
+    batches_bags = True  # the instance loss is taken per bag and averaged
 
     def __init__(self, in_dim: int = 1024, n_classes: int = 2, dim: int = 512, hidden: int = 256,
                  dropout: float = 0.25, k_sample: int = 8, bag_weight: float = 0.7,
@@ -34,28 +35,32 @@ class _CLAM(nn.Module):
         self.instance_classifiers = nn.ModuleList(nn.Linear(dim, 2) for _ in range(n_classes))
 
     def bag_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """`[B, K, dim]` pooled vectors -> bag logits `[B, C]`."""
         raise NotImplementedError
 
     def forward(self, features: torch.Tensor, coords: torch.Tensor | None = None,
                 label: int | torch.Tensor | None = None, instance_eval: bool | None = None) -> MILOutput:
-        """`label` given -> `aux_loss` is the instance loss (unless `instance_eval=False`).
+        """`label` given (one per bag) -> `aux_loss` is the instance loss, averaged over the bags (unless
+        `instance_eval=False`).
 
         Scores: the softmax attention of the single branch (SB) or of the predicted class's branch (MB).
         """
-        h = self.embed(as_bag(features))
-        raw = self.attention(h)  # [K, N]
-        attn = raw.softmax(dim=1)
+        h = self.embed(as_batch(features))  # [B, N, dim]
+        raw = self.attention(h)  # [B, K, N]
+        attn = raw.softmax(dim=-1)
         logits = self.bag_logits(attn @ h)
-        branch = int(logits.argmax(dim=1)[0]) if self.multi_branch else 0
+        branch = logits.argmax(dim=1) if self.multi_branch else torch.zeros(len(h), dtype=torch.long, device=h.device)
         if instance_eval is None:
             instance_eval = label is not None
         aux = None
         if instance_eval:
             if label is None:
                 raise ValueError("instance_eval=True needs the bag label")
-            aux = self.instance_loss(h, attn, int(label))
-        return MILOutput(logits=logits, scores=attn[branch], aux_loss=aux, aux_weight=1.0 - self.bag_weight,
-                         extras={"attention_raw": raw})
+            labels = torch.as_tensor(label).reshape(-1).tolist()
+            aux = torch.stack([self.instance_loss(hb, ab, int(y)) for hb, ab, y in zip(h, attn, labels)]).mean()
+        scores = attn[torch.arange(len(h), device=h.device), branch]
+        return MILOutput(logits=logits, scores=per_bag(scores), aux_loss=aux, aux_weight=1.0 - self.bag_weight,
+                         extras={"attention_raw": per_bag(raw)})
 
     def instance_loss(self, h: torch.Tensor, attn: torch.Tensor, label: int) -> torch.Tensor:
         """CLAM's clustering loss (cross-entropy). For the bag's class: its k most attended instances
@@ -92,7 +97,7 @@ class CLAMSB(_CLAM):
         self.classifier = nn.Linear(dim, n_classes)
 
     def bag_logits(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.classifier(pooled)
+        return self.classifier(pooled[:, 0])
 
 
 @register("clam_mb")
@@ -106,4 +111,4 @@ class CLAMMB(_CLAM):
         self.classifiers = nn.ModuleList(nn.Linear(dim, 1) for _ in range(n_classes))
 
     def bag_logits(self, pooled: torch.Tensor) -> torch.Tensor:
-        return torch.cat([clf(pooled[c]) for c, clf in enumerate(self.classifiers)])[None]
+        return torch.cat([clf(pooled[:, c]) for c, clf in enumerate(self.classifiers)], dim=1)

@@ -229,6 +229,17 @@ def summarize(out_dir: str | Path, n_boot: int = 500, confidence: float = 0.95, 
 # ---------------------------------------------------------------- the run
 
 _PATHS = {"kind", "out", "features", "labels", "splits"}
+# TrainConfig fields added after runs were saved, at the value that reproduces those runs
+_ADDED_TRAIN_DEFAULTS = {"bag_batch": 1}
+
+
+def _comparable(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved CVConfig as resume checks compare it: no paths, no runtime, no training field at the
+    default it was added with (so folders written before it still resume)."""
+    d = {k: v for k, v in without_runtime(saved).items() if k not in _PATHS}
+    d["train"] = {k: v for k, v in d["train"].items()
+                  if not (k in _ADDED_TRAIN_DEFAULTS and v == _ADDED_TRAIN_DEFAULTS[k])}
+    return d
 
 
 def _claim(out: Path, cfg: CVConfig) -> None:
@@ -238,8 +249,7 @@ def _claim(out: Path, cfg: CVConfig) -> None:
     if saved.is_file():
         before = json.loads(saved.read_text())
         now = json.loads(json.dumps(to_jsonable(cfg)))
-        before, now = without_runtime(before), without_runtime(now)  # a run may resume on another device
-        if {k: v for k, v in before.items() if k not in _PATHS} != {k: v for k, v in now.items() if k not in _PATHS}:
+        if _comparable(before) != _comparable(now):  # a run may resume on another device
             raise MagaError("holds a cross-validation run with another configuration; choose another --out", out)
     save_config(cfg, out)
 

@@ -9,7 +9,8 @@ their sum (so the class token enters twice) into a second Nystrom layer; LayerNo
 Linear 512->C. Upstream pads non-square bags with random duplicates; here padding repeats the first
 instances unless `random_padding=True` (see `layers.square_index`). `placement="coords"` lays the
 instances out by their tissue coordinates instead, so the local branch sees real neighbours (see
-`grid.GridTransformer`). Instance scores (upstream has none): see `grid.GridTransformer`.
+`grid.GridTransformer`). Instance scores (upstream has none): see `grid.GridTransformer`. Trained on
+batches of bags (`bag_batch` > 1), the global branch's batch norm normalises over all bags of a batch.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ neighbours in bag order only; "coords" puts every instance at its level-0 tissue
 zero), so the convolutions see real tissue neighbourhoods. A class token in front; Nystrom layer; a
 token mixer that sees the grid (subclasses: PPEG for TransMIL, local + global branches for GLTrans);
 Nystrom layer; LayerNorm; the class token into Linear dim->C.
+
+Bags of one size share a "sequence" grid (with `random_padding`, one draw of duplicates serves them
+all), so a batch of them takes one forward pass; "coords" grids differ per bag.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from maga_core.mil.base import MILOutput, as_bag
+from maga_core.mil.base import MILOutput, as_batch, per_bag
 from maga_core.mil.layers import PLACEMENTS, Layout, NystromBlock, integrated_gradients
 
 SCORE_METHODS = ("integrated_gradients", "attention")
@@ -54,8 +57,13 @@ class GridTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, n_classes)
 
+    @property
+    def batches_bags(self) -> bool:
+        """Several bags per forward pass only when they share one grid: sequence placement."""
+        return self.placement == "sequence"
+
     def mix(self, tokens: torch.Tensor, layout: Layout) -> torch.Tensor:
-        """Token mixer between the two Nystrom layers; `tokens` is [1, 1 + L, dim] (class token first)."""
+        """Token mixer between the two Nystrom layers; `tokens` is [B, 1 + L, dim] (class token first)."""
         raise NotImplementedError
 
     def layout(self, n: int, coords: torch.Tensor | None) -> Layout:
@@ -66,34 +74,38 @@ class GridTransformer(nn.Module):
             return Layout.from_coords(torch.as_tensor(coords))
         return Layout.sequence(n, self.random_padding)
 
-    def _tokens(self, bag: torch.Tensor, layout: Layout) -> torch.Tensor:
-        """Tokens entering the second Nystrom layer."""
-        h = self.embed(bag)[layout.index]
-        return self.mix(self.attn1(torch.cat([self.cls_token, h[None]], dim=1)), layout)
+    def _tokens(self, bags: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """Tokens entering the second Nystrom layer, for bags `[B, N, D]` sharing `layout`."""
+        h = self.embed(bags)[:, layout.index]
+        cls = self.cls_token.expand(len(h), -1, -1)
+        return self.mix(self.attn1(torch.cat([cls, h], dim=1)), layout)
 
     def logits(self, bag: torch.Tensor, layout: Layout | None = None) -> torch.Tensor:
-        """Bag logits `[1, C]`; `layout` fixes the padding and placement (default: sequence)."""
-        bag = as_bag(bag)
+        """Bag logits `[B, C]`; `layout` fixes the padding and placement (default: sequence)."""
+        bags = as_batch(bag)
         if layout is None:
-            layout = self.layout(bag.shape[0], None)
-        x = self.attn2(self._tokens(bag, layout))
+            layout = self.layout(bags.shape[1], None)
+        x = self.attn2(self._tokens(bags, layout))
         return self.head(self.norm(x)[:, 0])
 
     def forward(self, features: torch.Tensor, coords: torch.Tensor | None = None,
                 score_class: int | None = None) -> MILOutput:
         """`coords` place the instances when `placement="coords"` (upstream ignores them and fills the
         grid in bag order). `score_class` picks the class the scores explain (default: the predicted one)."""
-        bag = as_bag(features)
-        layout = self.layout(bag.shape[0], coords)
-        logits = self.logits(bag, layout)
-        return MILOutput(logits=logits, scores=lambda: self.instance_scores(bag, layout, score_class))
+        bags = as_batch(features)
+        if len(bags) > 1 and not self.batches_bags:
+            raise ValueError("placement='coords' takes one bag at a time (each bag has its own grid)")
+        layout = self.layout(bags.shape[1], None if coords is None else coords.reshape(-1, 2))
+        logits = self.logits(bags, layout)
+        return MILOutput(logits=logits, scores=lambda: per_bag(torch.stack(
+            [self.instance_scores(bag, layout, score_class) for bag in bags])))
 
     def instance_scores(self, bag: torch.Tensor, layout: Layout, target: int | None = None) -> torch.Tensor:
         n = bag.shape[0]
         copies = torch.bincount(layout.index, minlength=n).to(bag.dtype)
         if self.score_method == "attention":
             with torch.no_grad():
-                row = self.attn2.first_token_attention(self._tokens(bag, layout))[1:]
+                row = self.attn2.first_token_attention(self._tokens(bag[None], layout))[1:]
             per_instance = torch.zeros(n, dtype=row.dtype).index_add_(0, layout.index, row)
         else:
             per_instance = integrated_gradients(lambda x: self.logits(x, layout), bag, target, self.score_steps)

@@ -8,8 +8,57 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from nystrom_attention import NystromAttention
 from torch import nn
+
+
+def pinv_per_bag(a: torch.Tensor, iters: int) -> torch.Tensor:
+    """Iterative Moore-Penrose inverse of `a [B, heads, m, m]` (the Nystromformer paper's iteration),
+    started from `a^T` over the largest row sum times the largest column sum of each bag's matrices.
+
+    The nystrom_attention package takes that start scale over the whole tensor, which ties the bags of a
+    batch together (outputs then differ from one bag at a time by up to ~1e-2); per bag, a batch
+    reproduces its bags one at a time, and one bag reproduces the package.
+    """
+    absa = a.abs()
+    scale = absa.sum(-1).amax(dim=(1, 2)) * absa.sum(-2).amax(dim=(1, 2))
+    z = a.transpose(-2, -1) / scale[:, None, None, None]
+    eye = torch.eye(a.shape[-1], device=a.device)
+    for _ in range(iters):
+        az = a @ z
+        z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
+    return z
+
+
+class BagNystromAttention(NystromAttention):
+    """The package's Nystrom attention (same parameters, so upstream weights load), for one bag exactly
+    the package's forward; a batch of bags runs the same steps with `pinv_per_bag`, so that no bag's
+    output depends on the others in its batch."""
+
+    def forward(self, x: torch.Tensor, return_attn_matrices: bool = False):
+        if x.shape[0] == 1:
+            return super().forward(x, return_attn_matrices=return_attn_matrices)
+        if return_attn_matrices:
+            raise ValueError("attention matrices are given for one bag at a time")
+        return self._batch_forward(x)
+
+    def _batch_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Landmarks: means of consecutive runs of tokens, the sequence zero-padded at the front to a
+        multiple of the landmark count; softmax kernels; the depthwise residual convolution of values."""
+        n, m = x.shape[1], self.num_landmarks
+        x = F.pad(x, (0, 0, (-n) % m, 0))
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in self.to_qkv(x).chunk(3, dim=-1))
+        q = q * self.scale
+        run = x.shape[1] // m
+        q_land, k_land = (t.unflatten(2, (m, run)).sum(3) / run for t in (q, k))
+        a1 = (q @ k_land.transpose(-2, -1)).softmax(dim=-1)
+        a2 = (q_land @ k_land.transpose(-2, -1)).softmax(dim=-1)
+        a3 = (q_land @ k.transpose(-2, -1)).softmax(dim=-1)
+        out = (a1 @ pinv_per_bag(a2, self.pinv_iterations)) @ (a3 @ v)
+        if self.residual:
+            out = out + self.res_conv(v)
+        return self.to_out(out.transpose(1, 2).flatten(2))[:, -n:]
 
 
 class NystromBlock(nn.Module):
@@ -23,7 +72,7 @@ class NystromBlock(nn.Module):
     def __init__(self, dim: int = 512, dropout: float = 0.1):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.attn = NystromAttention(
+        self.attn = BagNystromAttention(
             dim=dim,
             dim_head=dim // 8,
             heads=8,
@@ -132,8 +181,8 @@ class GatedAttention(nn.Module):
         self.c = nn.Linear(hidden, n_branches)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """`[N, dim]` -> pre-softmax attention `[K, N]`."""
-        return self.c(self.a(h) * self.b(h)).transpose(0, 1)
+        """`[..., N, dim]` -> pre-softmax attention `[..., K, N]`."""
+        return self.c(self.a(h) * self.b(h)).transpose(-2, -1)
 
 
 def integrated_gradients(

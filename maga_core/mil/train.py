@@ -4,6 +4,9 @@ Per-model optimiser and stopping rules follow each model's public code (see /sha
 and TransMIL use Lookahead(RAdam) with no weight decay on biases and 1-D parameters; CLAM uses Adam and
 stops on validation loss (not before epoch 50); GLTrans selects its checkpoint on validation macro F1.
 Everything is seeded and runs deterministically on CPU, so a fold can be re-run bit for bit.
+
+On a GPU one bag per forward pass leaves it mostly idle; `bag_batch` stacks bags of one size class into
+one pass (see `bag_batches`). The default, 1, is upstream's one bag per step.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from tqdm.auto import tqdm
 from maga_core.config import atomic_path, save_config
 from maga_core.data.features import read_features
 from maga_core.errors import MagaError
+
+# Bags batched together differ in instance count by less than this factor; each is cut to the smallest.
+SIZE_CLASS_RATIO = 1.25
 
 # Defaults from each model's paper/code. ABMIL: Ilse et al. 2018, histopathology setting (Adam 1e-4,
 # weight decay 5e-4). TransMIL's code monitors validation loss; no minimum epoch count there.
@@ -61,7 +67,8 @@ class TrainConfig:
     patience: int = 40
     min_epochs: int = 0  # early stopping may not trigger before this epoch
     max_epochs: int = 200
-    grad_accum: int = 1
+    grad_accum: int = 1  # batches (of bag_batch bags) per optimiser step
+    bag_batch: int = 1  # bags per forward pass, of one size class (see bag_batches); 1: one bag per pass
     max_instances: int = 20480  # bags above this are subsampled in training (upstream GLTrans)
     shuffle_instances: bool = True
     seed: int = 2023
@@ -208,13 +215,74 @@ def train_model(model: nn.Module, train_bags: Sequence[Bag], val_bags: Sequence[
                 progress: bool = True, desc: str = "train") -> TrainResult:
     """Train in place; on return the model holds the weights of the selected (best) epoch.
 
-    One bag per step, gradients accumulated over `cfg.grad_accum` bags; instances shuffled (and
-    subsampled beyond `max_instances`) each step, from a generator seeded by `cfg.seed`.
+    `cfg.bag_batch` bags per forward pass (`bag_batches`), the loss their mean; gradients accumulated
+    over `cfg.grad_accum` such batches; instances shuffled (and subsampled beyond `max_instances`, or
+    to the smallest bag of the batch) each step, from a generator seeded by `cfg.seed`.
     """
     if not train_bags:
         raise MagaError("no training bags")
+    check_bag_batch(model, cfg)
     with torch_threads(cfg.threads):
         return _train(model, train_bags, val_bags, cfg, progress, desc)
+
+
+def check_bag_batch(model: nn.Module, cfg: TrainConfig) -> None:
+    """Refuse a batch size the model cannot take before any training starts."""
+    if cfg.bag_batch < 1:
+        raise MagaError(f"bag_batch must be at least 1, got {cfg.bag_batch}")
+    if cfg.bag_batch > 1 and not getattr(model, "batches_bags", False):
+        name = f"{cfg.model} with {cfg.model_kw}" if cfg.model_kw else cfg.model
+        raise MagaError(f"{name} takes one bag per forward pass (coordinate-placed grids differ per bag); "
+                        f"use bag_batch=1 and grad_accum instead")
+
+
+def bag_batches(sizes: Sequence[int], bag_batch: int, gen: torch.Generator) -> list[list[int]]:
+    """One epoch's batches of bag indices, in random order.
+
+    `bag_batch=1`: one bag per batch, in the order of one `randperm` (the draw of the one-bag trainer,
+    so its results are unchanged). Otherwise bags are shuffled, grouped by size class - the floor of
+    the log of `sizes` (instance counts after the `max_instances` cap) to base `SIZE_CLASS_RATIO`, so
+    bags of one class differ by less than that factor and bags of equal size always share one - each
+    class cut into batches of `bag_batch` bags in shuffled order (its last batch may be smaller), and
+    the batches shuffled.
+    """
+    order = torch.randperm(len(sizes), generator=gen).tolist()
+    if bag_batch == 1:
+        return [[i] for i in order]
+    classes: dict[int, list[int]] = {}
+    for i in order:
+        classes.setdefault(math.floor(math.log(sizes[i]) / math.log(SIZE_CLASS_RATIO)), []).append(i)
+    batches = [members[j:j + bag_batch] for members in classes.values() for j in range(0, len(members), bag_batch)]
+    return [batches[k] for k in torch.randperm(len(batches), generator=gen).tolist()]
+
+
+def _instance_index(n: int, m: int, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """The m of a bag's n instances one step uses: a seeded random subset in random order, or the first m
+    when instances are not shuffled (as the `max_instances` cap does)."""
+    return torch.randperm(n, generator=gen)[:m] if cfg.shuffle_instances else torch.arange(m)
+
+
+def _cut(tensors: Sequence[tuple[torch.Tensor, torch.Tensor | None]], m: int, cfg: TrainConfig,
+         gen: torch.Generator, device: str) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """Every bag of a batch (features, coords) cut to the same m instances, so that they stack."""
+    xs, cs = [], []
+    for x, c in tensors:
+        pick = _instance_index(x.shape[0], m, cfg, gen).to(device)
+        xs.append(x[pick])
+        cs.append(None if c is None else c[pick])
+    return xs, cs
+
+
+def batch_loss(model: nn.Module, xs: Sequence[torch.Tensor], cs: Sequence[torch.Tensor | None],
+               labels: Sequence[int], rt) -> torch.Tensor:
+    """Training loss of equal-sized bags `[N, D]` in one forward pass: the mean over the bags of the bag
+    cross-entropy (mixed with the model's auxiliary loss when it gives one)."""
+    x = torch.stack(list(xs))
+    c = torch.stack(list(cs)) if all(c is not None for c in cs) else None
+    y = torch.tensor(list(labels), device=x.device)
+    with rt.autocast():
+        out = model(x, coords=c, label=y) if _takes_label(model) else model(x, coords=c)
+        return out.combine(F.cross_entropy(out.logits.float(), y))
 
 
 def _train(model: nn.Module, train_bags: Sequence[Bag], val_bags: Sequence[Bag], cfg: TrainConfig,
@@ -226,38 +294,30 @@ def _train(model: nn.Module, train_bags: Sequence[Bag], val_bags: Sequence[Bag],
     seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = build_optimizer(model, cfg)
-    takes_label = _takes_label(model)
+    sizes = [min(len(b.features), cfg.max_instances) for b in train_bags]
     rows, best, best_state, best_epoch, since_best = [], None, None, -1, 0
     bar = tqdm(range(cfg.max_epochs), desc=desc, disable=not progress, leave=False)
     epoch = -1
     for epoch in bar:
         model.train()
-        order = torch.randperm(len(train_bags), generator=gen).tolist()
+        batches = bag_batches(sizes, cfg.bag_batch, gen)
         opt.zero_grad(set_to_none=True)
         total = 0.0
-        ahead = _to_device(train_bags[order[0]], rt) if order else None
-        for step, i in enumerate(order):
-            bag, (x, c) = train_bags[i], ahead
-            if step + 1 < len(order):  # the next bag's copy overlaps this step's compute on a GPU
-                ahead = _to_device(train_bags[order[step + 1]], rt)
-            n = x.shape[0]
-            if cfg.shuffle_instances or n > cfg.max_instances:
-                perm = torch.randperm(n, generator=gen) if cfg.shuffle_instances else torch.arange(n)
-                perm = perm[: cfg.max_instances].to(rt.device)
-                x = x[perm]
-                c = c[perm] if c is not None else None
-            y = torch.tensor([bag.label], device=rt.device)
-            with rt.autocast():
-                out = model(x, coords=c, label=y) if takes_label else model(x, coords=c)
-                loss = out.combine(F.cross_entropy(out.logits.float(), y))
+        ahead = [_to_device(train_bags[i], rt) for i in batches[0]]
+        for step, batch in enumerate(batches):
+            tensors = ahead
+            if step + 1 < len(batches):  # the next batch's copy overlaps this step's compute on a GPU
+                ahead = [_to_device(train_bags[i], rt) for i in batches[step + 1]]
+            xs, cs = _cut(tensors, min(sizes[i] for i in batch), cfg, gen, rt.device)
+            loss = batch_loss(model, xs, cs, [train_bags[i].label for i in batch], rt)
             (loss / cfg.grad_accum).backward()
-            total += float(loss.detach())
-            if (step + 1) % cfg.grad_accum == 0 or step == len(order) - 1:
+            total += float(loss.detach()) * len(batch)
+            if (step + 1) % cfg.grad_accum == 0 or step == len(batches) - 1:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
         metrics = evaluate(model, val_bags) if val_bags else {"val_loss": math.nan, "val_f1": math.nan,
                                                              "val_auc": math.nan}
-        row = {"epoch": epoch, "train_loss": total / len(order), **metrics}
+        row = {"epoch": epoch, "train_loss": total / len(train_bags), **metrics}
         rows.append(row)
         if not val_bags or _better(cfg, metrics, best):
             best, best_epoch, since_best = metrics, epoch, 0
