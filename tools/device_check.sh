@@ -37,7 +37,7 @@ for mag in 20 5; do
 done
 log "align, 2 epochs on $TILES tiles"
 t0=$(now)
-maga align --teacher efficientnet_lite0 --tiles lc25000_lung_224_dedup:train --max-tiles "$TILES" --epochs 2 \
+maga align --teacher efficientnet_lite0 --tiles lc25000_lung_224_dedup:train --mpp 0.5 --max-tiles "$TILES" --epochs 2 \
   --out "$WORK/student.pt" --device "$DEVICE" --precision "$PRECISION" >/dev/null
 t1=$(now)
 log "features of the small slides with the student, then one CV fold"
