@@ -176,15 +176,18 @@ def cohort_run(given: str | Path | None, conventional: str | Path | None) -> Coh
     """The table of the cohort run in `given` (a folder the reader named: it must hold a finished run,
     else a one-line error naming it), else in the preset's `conventional` folder, which is named after
     its cohort and may not exist yet: then the message says which `maga cohort run` makes it."""
-    from maga_core.cohort_run import REPORT, TABLE, read_run
+    from maga_core.cohort_run import read_run
 
     if given is None and conventional is None:
         return CohortRunView("this preset reads no `maga cohort run` (the full preset does)")
     folder = cohort_run_folder(given if given is not None else conventional)
-    if given is None and not all((folder / name).is_file() for name in (TABLE, REPORT)):
+    try:
+        table, report = read_run(folder)
+    except MagaError:
+        if given is not None:
+            raise
         return CohortRunView(f"no finished cohort run in {folder}: the full-scale table needs `maga cohort run "
                              f"--cohort {folder.name} --slides DIR --out {folder}` first")
-    table, report = read_run(folder)
     failed = len(report["slides"]["failed"])
     failed_note = f", {failed} slides failed (report.json)" if failed else ""
     return CohortRunView(f"{report['cohort']} ({report['task']}): {report['cases']} cases, {report['folds']} folds, "
