@@ -15,7 +15,8 @@ from maga_core.slides.magnification import (
 from maga_core.slides.generator import SlideSpec, generate_slide
 from maga_core.slides.patch_grid import DEFAULT_MAGS, aligned_grid, level0_square_side
 from maga_core.slides.patches import level0_extent, read_patch, read_scaled, rescale
-from maga_core.slides.reader import SlideReader, open_slide
+from maga_core.slides.opener import open_slide
+from maga_core.slides.reader import SlideReader
 from maga_core.slides.tissue import TissueConfig, TissueMask, detect_tissue, overlay, plot_tissue
 from maga_core.slides.writer import write_at_magnification, write_magnifications, write_pyramidal_tiff
 

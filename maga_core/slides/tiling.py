@@ -21,7 +21,7 @@ from maga_core.errors import MagaError
 from maga_core.slides.magnification import format_mag, patch_px_for_mag
 from maga_core.slides.patch_grid import DEFAULT_MAGS, aligned_grid, level0_square_side
 from maga_core.slides.patches import read_patch
-from maga_core.slides.reader import open_slide
+from maga_core.slides.opener import open_slide
 from maga_core.slides.tissue import TissueConfig, detect_tissue, overlay
 
 SUMMARY = "summary.json"

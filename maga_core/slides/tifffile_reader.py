@@ -1,5 +1,4 @@
-"""Reader backends: OpenSlide (SVS, NDPI, MRXS, generic tiled TIFF, ...), tifffile (OME-TIFF and other
-TIFFs OpenSlide refuses, read tile by tile), and plain images (PNG/JPEG tiles with a stated MPP)."""
+"""tifffile backend: OME-TIFF and other TIFFs OpenSlide refuses, read tile by tile."""
 
 from __future__ import annotations
 
@@ -7,70 +6,10 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from maga_core.errors import MagaError
-from maga_core.slides.magnification import (
-    mpp_from_properties,
-    mpp_from_resolution,
-    objective_from_properties,
-    resolution_from_ome,
-    resolve,
-)
-from maga_core.slides.reader import SlideReader, rgba_to_rgb
-
-
-def openslide_format(path: Path) -> str | None:
-    import openslide
-
-    try:
-        return openslide.OpenSlide.detect_format(str(path))
-    except Exception:
-        return None
-
-
-class OpenSlideReader(SlideReader):
-    def __init__(self, path: Path, mpp: float | None = None):
-        import openslide
-
-        self.path = Path(path)
-        try:
-            self._slide = openslide.OpenSlide(str(path))
-        except Exception as exc:
-            raise MagaError(f"OpenSlide cannot open it ({exc}); not a slide, truncated or corrupt",
-                            path) from exc
-        try:
-            props = dict(self._slide.properties)
-            self.properties = props
-            self.format = f"openslide/{props.get('openslide.vendor', 'unknown')}"
-            self.dimensions = tuple(self._slide.dimensions)
-            self.level_dimensions = tuple(tuple(d) for d in self._slide.level_dimensions)
-            self.level_downsamples = tuple(float(d) for d in self._slide.level_downsamples)
-            self.resolution = resolve(
-                path, mpp, [(mpp_from_properties(props), "openslide.mpp-x/y")],
-                objective_from_properties(props), "openslide.objective-power")
-        except Exception:
-            self._slide.close()
-            raise
-
-    def _read(self, location, level, size):
-        return rgba_to_rgb(np.asarray(self._slide.read_region(location, level, size)))
-
-    def close(self) -> None:
-        self._slide.close()
-
-
-def _paste(out: np.ndarray, seg: np.ndarray, sx: int, sy: int, x0: int, y0: int) -> np.ndarray:
-    """Copy the overlap of `seg` (placed at sx, sy in the level) into `out` (placed at x0, y0)."""
-    if seg.ndim == 2:
-        seg = seg[..., None]
-    seg = np.repeat(seg, 3, axis=-1) if seg.shape[-1] == 1 else seg[..., :3]
-    h, w = out.shape[:2]
-    ax0, ay0 = max(sx, x0), max(sy, y0)
-    ax1, ay1 = min(sx + seg.shape[1], x0 + w), min(sy + seg.shape[0], y0 + h)
-    if ax0 < ax1 and ay0 < ay1:
-        out[ay0 - y0:ay1 - y0, ax0 - x0:ax1 - x0] = seg[ay0 - sy:ay1 - sy, ax0 - sx:ax1 - sx]
-    return out
+from maga_core.slides.magnification import mpp_from_resolution, resolution_from_ome, resolve
+from maga_core.slides.reader import SlideReader, paste
 
 
 def _squeeze_axes(shape: tuple[int, ...], axes: str) -> tuple[tuple[int, ...], str]:
@@ -137,7 +76,7 @@ class TiffFileReader(SlideReader):
         if page.planarconfig != 1 and page.samplesperpixel > 1:  # separate planes: small files only
             with self._lock:
                 full = page.asarray()
-            return _paste(out, full, 0, 0, x0, y0)
+            return paste(out, full, 0, 0, x0, y0)
         sw, sh, per_row = self._segment_grid(page)
         indices = [r * per_row + c for r in range(iy0 // sh, (iy1 - 1) // sh + 1)
                    for c in range(ix0 // sw, (ix1 - 1) // sw + 1)]
@@ -154,34 +93,8 @@ class TiffFileReader(SlideReader):
             seg, (_, _, sy, sx, _), _ = decode(data, index, **args)
             if seg is None:
                 continue
-            _paste(out, seg[0, :H - sy, :W - sx], sx, sy, x0, y0)  # edge tiles are padded
+            paste(out, seg[0, :H - sy, :W - sx], sx, sy, x0, y0)  # edge tiles are padded
         return out
 
     def close(self) -> None:
         self._tf.close()
-
-
-class PlainImageReader(SlideReader):
-    """A PNG/JPEG tile held in memory as a one-level slide; its MPP must be stated."""
-
-    def __init__(self, path: Path, mpp: float | None = None):
-        self.path = Path(path)
-        try:
-            with Image.open(path) as im:
-                dpi = im.info.get("dpi")
-                self._rgb = np.asarray(im.convert("RGB"))
-        except Image.DecompressionBombError as exc:
-            raise MagaError("too large for a plain image; convert it to a tiled pyramidal TIFF", path) from exc
-        except Exception as exc:
-            raise MagaError(f"not a readable image ({exc})", path) from exc
-        self.format = f"image/{path.suffix.lower().lstrip('.')}"
-        h, w = self._rgb.shape[:2]
-        self.dimensions = (w, h)
-        self.level_dimensions = ((w, h),)
-        self.level_downsamples = (1.0,)
-        dpi_mpp = mpp_from_resolution(dpi[0], dpi[1], 2) if dpi else None
-        self.resolution = resolve(path, mpp, [(dpi_mpp, "image dpi")], None)
-
-    def _read(self, location, level, size):
-        out = np.full((size[1], size[0], 3), 255, np.uint8)
-        return _paste(out, self._rgb, 0, 0, location[0], location[1])
