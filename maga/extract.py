@@ -25,12 +25,16 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from maga_core.align import load_student
+from maga_core.align.student import InputPipeline
+from maga_core.align.views import view_at_mag
 from maga_core.config import save_config, write_json
 from maga_core.data.features import INPUT_KINDS, feature_writer
 from maga_core.device import Runtime, inference, resolve
+from maga_core.encoders import build
 from maga_core.errors import MagaError
-from maga_core.align.views import view_at_mag
-from maga_core.slides import aligned_grid, detect_tissue, level0_extent, open_slide, patch_px_for_mag, read_patch
+from maga_core.slides import (aligned_grid, detect_tissue, level0_extent, open_slide, patch_px_for_mag,
+                              read_patch)
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +112,6 @@ def load_model(encoder: str, mag: float | None = None, student: str | Path | Non
     """An encoder at `mag` (patches of the standard 128 um square, fed at their native size), or a
     MAGA student at its training magnification with its training input pipeline."""
     if student is not None:
-        from maga_core.align import load_student
-
         net = load_student(student)
         teacher = (getattr(net, "teacher", None) or {}).get("name", net.spec.name)
         if encoder not in (teacher, net.spec.name):
@@ -120,7 +122,6 @@ def load_model(encoder: str, mag: float | None = None, student: str | Path | Non
                             net.sha256, channels_last, runtime or Runtime())
     if mag is None:
         raise MagaError("--mag is required without --student")
-    from maga_core.encoders import build
 
     net = build(encoder, weights=weights)
     return FeatureModel(net, net.transform, float(mag), patch_px_for_mag(float(mag)), encoder, "", channels_last,
@@ -130,8 +131,6 @@ def load_model(encoder: str, mag: float | None = None, student: str | Path | Non
 def upsampled(model: FeatureModel, px: int) -> FeatureModel:
     """The encoder fed its patches resized to `px` (the fair no-MAGA baseline at low magnification: the
     teacher at the input size it was trained for), with the same resize as an upsample-mode student."""
-    from maga_core.align.student import InputPipeline
-
     if model.student_sha256:
         raise MagaError("upsample_px applies to a plain encoder, not to a MAGA student")
     spec = model.module.spec

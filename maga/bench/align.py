@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import tempfile
     from pathlib import Path
 
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga.alignment.probe import ProbeConfig, run_probe_study
     from maga_core.align.train import AlignConfig
 
@@ -83,6 +84,7 @@ def select(args: argparse.Namespace) -> dict[str, Any]:
     import tempfile
     from pathlib import Path
 
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga_core.errors import MagaError
     from maga.alignment.select import CANDIDATES, run_selection
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
+from maga_core.device import add_arguments as add_device_arguments
+
 
 def register(sub) -> None:
-    from maga_core.device import add_arguments as add_device_arguments
-
     p = sub.add_parser("align", help="train a MAGA magnification-aligned student (resumes an interrupted run)")
     p.add_argument("--teacher", default="efficientnet_lite0", help="registered encoder name (see encoders.table())")
     p.add_argument("--teacher-weights", default=None, help="local weight file (default: the registry's source)")
@@ -34,6 +34,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga_core.align.train import AlignConfig, history_paths, train
 
     chosen = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
