@@ -39,7 +39,7 @@ from maga.extract import (SLIDE_SUFFIXES, SlidePatches, default_workers, embed_i
                           one_line_cause)
 
 MODELS = ("gltrans", "transmil", "clam_sb", "clam_mb", "abmil")
-# Upstream cohort -> the task of mil.experiment whose paper figures it stands beside.
+# Upstream cohort -> the task of maga.experiments.mil whose paper figures it stands beside.
 PAPER_TASK = {"cohort_tcga_nsclc": "subtype", "cohort_tcga_nsclc_ctranspath": "subtype",
               "cohort_camelyon16": "lesion"}
 TABLE, REPORT = "reproduction_table.csv", "report.json"  # what a finished run leaves in its --out folder
@@ -56,7 +56,7 @@ class CohortRunConfig:
     out: str = ""
     upstream: str = ""  # a folder with the upstream label/ and nfold/ layout instead of the manifest's files
     encoder: str = "efficientnet_lite0"
-    student: str = ""  # MAGA student checkpoint for 5x_maga; "": the shared default student (maga.ensure)
+    student: str = ""  # MAGA student checkpoint for 5x_maga; "": the shared default student (maga.alignment.ensure)
     settings: list[str] = field(default_factory=lambda: ["20x", "5x_maga"])  # of 20x, 5x, 5x_maga
     models: list[str] = field(default_factory=lambda: list(MODELS))
     epochs: int | None = None  # None: each model's default (early stopping)

@@ -35,6 +35,7 @@ from maga_core.encoders import build
 from maga_core.errors import MagaError
 from maga_core.slides import (aligned_grid, detect_tissue, level0_extent, open_slide, patch_px_for_mag,
                               read_patch)
+from maga.extract_report import BatchReport, one_line_cause, report_dict
 
 log = logging.getLogger(__name__)
 
@@ -362,24 +363,6 @@ def _input_kind(src: Path, kind: str) -> str:
     raise MagaError(f"no slides ({', '.join(sorted(SLIDE_SUFFIXES))}) or tile images found", src)
 
 
-@dataclass
-class BatchReport:
-    rank: int
-    world_size: int
-    done: list[SlideResult] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # outputs already there (resume)
-    failed: dict[str, str] = field(default_factory=dict)  # input -> one-line cause
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def summary(self) -> str:
-        head = (f"extracted {len(self.done)}, skipped {len(self.skipped)} already done, "
-                f"failed {len(self.failed)}" + (f" (rank {self.rank}/{self.world_size})" if self.world_size > 1 else ""))
-        return "\n".join([head] + [f"  failed: {cause}" for cause in self.failed.values()])
-
-
 def plan(cfg: ExtractConfig) -> tuple[str, list[tuple[Path, Path]], Path]:
     """(kind, [(input, output)] for every item of the whole job, output folder)."""
     src, out = Path(cfg.input), Path(cfg.out)
@@ -428,25 +411,6 @@ def extract_batch(cfg: ExtractConfig) -> BatchReport:
         except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the batch
             report.failed[str(src)] = one_line_cause(exc, src)
             log.warning("skipped %s", report.failed[str(src)])
-    write_json({"kind": kind, **_report_dict(report)},
+    write_json({"kind": kind, **report_dict(report)},
                out_dir / (REPORT if world == 1 else f"extract_report.rank{rank}.json"))
     return report
-
-
-def one_line_cause(exc: BaseException, src: Path) -> str:
-    """'<file>: <cause>' on one line. Errors raised in a DataLoader worker arrive re-wrapped with the
-    worker's traceback as their message; its last line holds the original error."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    if len(lines) > 1 and lines[0].startswith("Caught "):
-        last = lines[-1]
-        name = type(exc).__module__ + "." + type(exc).__name__ + ": "
-        lines = [last[len(name):] if last.startswith(name) else last]
-    text = lines[0] if lines else type(exc).__name__
-    if isinstance(exc, MagaError) and str(src) in text:
-        return text
-    return f"{src}: {type(exc).__name__}: {text}"
-
-
-def _report_dict(report: BatchReport) -> dict[str, Any]:
-    return {"rank": report.rank, "world_size": report.world_size, "done": report.done,
-            "skipped": report.skipped, "failed": report.failed}

@@ -69,7 +69,7 @@ class ProbeConfig:
     max_tiles_per_class: int | None = None  # per class (smoke runs); None: all held-out tiles
     batch_infer: int = 32
     modes: list[str] = field(default_factory=lambda: ["native", "upsample"])  # students to train and probe
-    eval_split: str = "test"  # "valK" (with train_tiles "...:fitK") when choosing settings (maga.select)
+    eval_split: str = "test"  # "valK" (with train_tiles "...:fitK") when choosing settings (maga.alignment.select)
     align: dict = field(default_factory=dict)  # other AlignConfig fields (ablations: augment, taps, ...)
 
 

@@ -1,5 +1,5 @@
 """`maga bench maga`: train both MAGA students with the `maga align` defaults on the shared training tiles,
-evaluate on the held-out splits (maga.probe) and print one JSON: probe AUCs with case/cluster bootstrap 95%
+evaluate on the held-out splits (maga.alignment.probe) and print one JSON: probe AUCs with case/cluster bootstrap 95%
 CIs for the teacher at 20x, at 5x, at 5x upsampled and the two students, the recovered fraction of the
 20x-vs-5x gap, cosine similarity to the 20x features, and the training seconds. Imports stay light here:
 the module is imported whenever the `maga` parser is built."""

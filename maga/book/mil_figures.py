@@ -11,7 +11,8 @@ from plotly.subplots import make_subplots
 
 from maga_core.mil.cv import load_results
 from maga.book import viz
-from maga.experiments.mil import ExperimentConfig, SETTINGS, SlideMaps, cv_dir, fold_aucs, roc_curves
+from maga.experiments.mil import ExperimentConfig, SETTINGS, cv_dir, fold_aucs, roc_curves
+from maga.experiments.mil_maps import SlideMaps
 
 
 def auc_table(table: pd.DataFrame) -> pd.DataFrame:

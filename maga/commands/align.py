@@ -17,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("--tiles", required=True, nargs="+",
                    help="folders of 20x tiles (recursive) or tile datasets, e.g. uni_tcga_luadlusc:train")
     p.add_argument("--out", required=True, help="checkpoint path (rewritten after every epoch)")
-    # Training settings default to None here so that AlignConfig alone holds their values (maga.select).
+    # Training settings default to None here so that AlignConfig alone holds their values (maga.alignment.select).
     p.add_argument("--epochs", type=int, default=None, help="default: AlignConfig's (30)")
     p.add_argument("--batch-size", type=int, default=None, help="default: AlignConfig's (32)")
     p.add_argument("--seed", type=int, default=None)

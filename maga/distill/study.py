@@ -10,7 +10,6 @@ student was distilled on, whose labels distillation never saw).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from maga.distill.measure import count_params, flops_per_tile, measure_run
 from maga.distill.robustness import robustness_curve
 from maga.distill.train import DistillConfig, config_from_dict, distill, read_tile, work_dir_for
 from maga.records import paper_results
+from maga.runs import run_key
 
 CLASSES = ("adenocarcinoma", "squamous")
 EVAL_DATASETS = ("uni_tcga_luadlusc", "lc25000_lung_224_dedup")
@@ -65,7 +65,7 @@ class StudyConfig:
 
 
 def config_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(without_runtime(to_jsonable(obj)), sort_keys=True).encode()).hexdigest()[:12]
+    return run_key(without_runtime(to_jsonable(obj)), 12)
 
 
 def ensure_distilled(cfg: DistillConfig, root: Path, progress: bool = True) -> Path:
