@@ -62,7 +62,7 @@ def run_selection(runs: Path, candidates: dict[str, dict[str, Any]] | None = Non
                 rows.append({"candidate": name, "fold": fold, "task": task, "n_val": t["n_test"],
                              "teacher_20x": probe["teacher_20x"]["auc"], "teacher_5x": probe["teacher_5x"]["auc"],
                              "student": probe["maga_5x_native"]["auc"],
-                             "recovered": t["recovered"]["maga_5x_native"]["value"],
+                             "recovered": t["recovered"]["maga_5x_native"]["teacher_5x"]["value"],
                              "cosine_centered": t["cosine_centered_to_20x"]["maga_5x_native"]["value"],
                              "train_seconds": student["train_seconds"]})
     table = pd.DataFrame(rows)

@@ -256,3 +256,4 @@ def test_maga_chapters_run_with_the_smoke_preset(smoke_book):
     assert set(results["tasks"]) == {"tcga_luad_vs_lusc", "lc25000_aca_vs_scc"}
     for task in results["tasks"].values():  # held-out tiles only, probed by case-wise cross-validation
         assert task["probe_folds"] >= 2 and set(task["recovered"]) == {"maga_5x_native", "maga_5x_upsample"}
+        assert all(set(r) == {"teacher_5x", "teacher_5x_upsampled"} for r in task["recovered"].values())
