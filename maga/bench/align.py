@@ -51,8 +51,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             "auc": {k: [round(v["auc"], 4), round(v["ci_low"], 4), round(v["ci_high"], 4)]
                     for k, v in t["probe"].items()},
             "recovered_fraction": {k: {b: _interval(v, 3) for b, v in r.items()} for k, r in t["recovered"].items()},
-            "cosine_to_20x": {k: round(v["value"], 4) for k, v in t["cosine_to_20x"].items()},
-            "cosine_centered_to_20x": {k: round(v["value"], 4) for k, v in t["cosine_centered_to_20x"].items()},
+            "cosine_to_20x": {k: _interval(v, 4) for k, v in t["cosine_to_20x"].items()},
+            "cosine_centered_to_20x": {k: _interval(v, 4) for k, v in t["cosine_centered_to_20x"].items()},
         }
     return out
 
