@@ -9,29 +9,31 @@ from pathlib import Path
 from maga.alignment.baselines import Against, from_bench
 
 
-def _fraction(a: Against, baseline: str) -> str:
+def fraction(a: Against, baseline: str) -> str:
+    """The recovered fraction against one baseline, as a percentage; "none (no gap)" without a gap."""
     r = a.recovered(baseline)
     return "none (no gap)" if r is None else f"{r:.0%}"
 
 
 def verdict(a: Against) -> str:
-    """Which baseline the student does not beat, in plain words."""
+    """Which baseline the student's AUC is not above, in plain words (point estimates: read the CIs and
+    DeLong tests beside it before calling a difference real)."""
     missed = a.not_beaten()
     if not missed:
-        return "it beats both baselines."
+        return "its AUC is above both baselines."
     if len(missed) == 2:
-        return "it beats neither baseline."
+        return "its AUC is above **neither baseline**."
     if missed == ["upsampled"]:
-        return ("it beats the plain teacher but **not the upsampled teacher** (the same pixels fed at the 20x "
-                "size, at the 20x compute).")
-    return "it beats the upsampled teacher but **not the plain teacher** at its own size."
+        return ("its AUC is above the plain teacher's but **not above the upsampled teacher's** (the same pixels "
+                "fed at the 20x size, at the 20x compute).")
+    return "its AUC is above the upsampled teacher's but **not above the plain teacher's** at its own size."
 
 
 def sentence(a: Against, student: str = "MAGA") -> str:
     """One line: the four AUCs, the recovered fraction against each baseline, the verdict."""
     return (f"**{a.name}**: {student} {a.student:.3f} (20x {a.high:.3f}; plain teacher {a.plain:.3f}, "
-            f"upsampled teacher {a.upsampled:.3f}); gap to 20x recovered: {_fraction(a, 'plain')} against the plain "
-            f"teacher, {_fraction(a, 'upsampled')} against the upsampled teacher; {verdict(a)}")
+            f"upsampled teacher {a.upsampled:.3f}); gap to 20x recovered: {fraction(a, 'plain')} against the plain "
+            f"teacher, {fraction(a, 'upsampled')} against the upsampled teacher; {verdict(a)}")
 
 
 def bench_text(path: str | Path, mode: str = "native") -> str:
@@ -41,3 +43,36 @@ def bench_text(path: str | Path, mode: str = "native") -> str:
         return f"*{path.name} is not recorded in this checkout.*"
     record = json.loads(path.read_text())
     return "\n".join(f"- {sentence(a, f'MAGA {mode}')}" for a in from_bench(record, mode))
+
+
+README_MARKERS = ("<!-- maga-baselines: formatted from results/ by `python -m maga.book.baselines_text` -->",
+                  "<!-- /maga-baselines -->")
+RECORDS = {"maga_bench.json": "the `maga align` defaults at 5x", "maga_mags.json": "the magnification curve"}
+
+
+def readme_block(results: str | Path) -> str:
+    """The README's MAGA results, formatted from the recorded bench JSON under `results`."""
+    parts = []
+    for name, what in RECORDS.items():
+        path = Path(results) / name
+        if not path.is_file():
+            continue
+        modes = [m for m in ("native", "upsample") if from_bench(json.loads(path.read_text()), m)]
+        parts.append(f"`results/{name}` ({what}):\n" + "\n".join(bench_text(path, m) for m in modes))
+    return "\n\n".join([README_MARKERS[0], *parts, README_MARKERS[1]])
+
+
+def update_readme(readme: str | Path, results: str | Path) -> bool:
+    """Replace the README's marked block with `readme_block(results)`; True if it changed."""
+    readme = Path(readme)
+    text = readme.read_text()
+    start, end = text.index(README_MARKERS[0]), text.index(README_MARKERS[1]) + len(README_MARKERS[1])
+    new = text[:start] + readme_block(results) + text[end:]
+    if new != text:
+        readme.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":  # python -m maga.book.baselines_text: refresh README.md from results/
+    root = Path(__file__).resolve().parents[2]
+    print("README.md " + ("updated" if update_readme(root / "README.md", root / "results") else "already current"))

@@ -331,3 +331,32 @@ def test_explorer_widget_redraws_on_every_control(monkeypatch):
     view.value = "5x+MAGA"
     patch.value = 3
     assert drawn == [("toy", 0, "20x"), ("toy", 0, "5x+MAGA"), ("toy", 3, "5x+MAGA")]
+
+
+def test_readme_states_maga_against_both_baselines_from_the_records(tmp_path):
+    """The README's MAGA block is the one formatted from results/ (a changed record makes it stale and this
+    fails), and it names the upsampled teacher beside the plain one."""
+    from maga.book import baselines_text
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    start, end = (readme.index(m) for m in baselines_text.README_MARKERS)
+    block = readme[start:end + len(baselines_text.README_MARKERS[1])]
+    assert block == baselines_text.readme_block(root / "results")
+    assert "upsampled teacher" in block and "plain teacher" in block
+    copy = tmp_path / "README.md"  # a stale block is rewritten, an up-to-date one left alone
+    copy.write_text(readme.replace(block, "\n".join(baselines_text.README_MARKERS)))
+    assert baselines_text.update_readme(copy, root / "results") and copy.read_text() == readme
+    assert not baselines_text.update_readme(copy, root / "results")
+
+
+def test_maga_against_both_baselines_says_which_it_does_not_beat():
+    from maga.alignment.baselines import Against, from_settings
+    from maga.book.baselines_text import sentence, verdict
+
+    a = Against("t", high=0.95, plain=0.85, upsampled=0.93, student=0.90)
+    assert abs(a.recovered("plain") - 0.5) < 1e-9 and abs(a.recovered("upsampled") + 1.5) < 1e-9
+    assert a.not_beaten() == ["upsampled"] and "not above the upsampled" in verdict(a)
+    assert "none (no gap)" in sentence(Against("t", 0.95, 0.85, 0.945, 0.96))  # baseline within MIN_GAP of 20x
+    assert "neither" in verdict(Against("t", 0.95, 0.91, 0.93, 0.90))
+    assert from_settings({"20x": 0.9, "5x": 0.8}, "m") is None
