@@ -5,7 +5,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-COLORS = {"teacher": "#1f77b4", "distilled student": "#d62728", "undistilled student": "#7f7f7f"}
+COLORS = {"teacher": "#1f77b4", "distilled student": "#d62728", "label-only student": "#ff7f0e",
+          "undistilled student": "#7f7f7f"}
 
 
 def _color(model: str) -> str | None:
@@ -51,11 +52,11 @@ def robustness_curves(result: dict) -> go.Figure:
 
 
 def cost_bars(result: dict) -> go.Figure:
-    """Parameters, FLOPs per tile, tiles/s and peak-memory rise, each relative to the teacher."""
+    """Parameters, FLOPs per tile, tiles/s and peak CPU RSS rise, each relative to the teacher."""
     rows = result["rows"]
     t = rows[0]
     metrics = [("params", "parameters"), ("gflops_per_tile", "FLOPs / tile"), ("tiles_per_s", "tiles / s"),
-               ("rss_rise_mb", "peak memory rise")]
+               ("rss_rise_mb", "peak CPU RSS rise")]
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[m[1] for m in metrics])
     for i, (key, _) in enumerate(metrics, start=1):
         for r in rows:

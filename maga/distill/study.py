@@ -1,6 +1,11 @@
-"""The G2L table: teacher vs distilled student vs an undistilled student of the same size.
+"""The G2L table: teacher vs distilled student vs two students of the same size without distillation: one
+randomly initialised (no training), one trained on the tiles' class labels alone with the same tiles,
+augmentations and budget (what training without a teacher gives: the difference to it is what
+distillation adds).
 
-For each model: parameters, FLOPs per tile, tiles/s and peak memory at one batch size (measure.py),
+For each model: parameters, FLOPs per tile, tiles/s and peak memory (CPU RSS rise here; CUDA peak on a
+GPU) at one batch size (measure.py); the distilled student is also timed at the teacher's input size,
+which splits its speed-up into the part due to the architecture and the part due to fewer pixels;
 a logistic-regression probe's AUC (adenocarcinoma vs squamous) with bootstrap CIs on held-out tiles
 (TCGA test cases and held-out LC25000 clusters, pooled and per source), and the robustness index with
 source = TCGA scan vs LC25000 photo. The probe is fitted on the training tiles of both sources (tiles the
@@ -129,13 +134,14 @@ def _teacher_cache(ckpt: Path) -> dict[str, np.ndarray]:
     return dict(zip(saved["kept"], saved["targets"].numpy()))
 
 
-def _models(cfg: StudyConfig, ckpt: Path) -> list[dict]:
-    """Who is compared, each at the input size it is deployed at (both students at the same size)."""
+def _models(cfg: StudyConfig, ckpt: Path, labels_ckpt: Path) -> list[dict]:
+    """Who is compared, each at the input size it is deployed at (the students at the same size)."""
     d = cfg.distill
     teacher_px = d.teacher_px or encoders.spec(d.teacher).input_px
     student_px = d.input_px or teacher_px
     rows = [{"model": "teacher", "name": d.teacher, "weights": d.teacher_weights, "px": teacher_px},
             {"model": "distilled student", "name": "distilled", "weights": str(ckpt), "px": student_px},
+            {"model": "label-only student", "name": "distilled", "weights": str(labels_ckpt), "px": student_px},
             {"model": "undistilled student", "name": d.student, "weights": "random", "px": student_px}]
     rows += [{"model": n, "name": n, "weights": None, "px": encoders.spec(n).input_px} for n in cfg.extra_models]
     return rows
@@ -170,12 +176,13 @@ def run_study(cfg: StudyConfig, root: Path, progress: bool = True) -> dict:
     if result_file.exists():
         return json.loads(result_file.read_text())
     ckpt = ensure_distilled(cfg.distill, root, progress=progress)
+    labels_ckpt = ensure_distilled(dataclasses.replace(cfg.distill, objective="labels"), root, progress=progress)
     tiles = eval_table(cfg.max_eval_tiles, cfg.seed)
     train, test = tiles[tiles["split"] == "train"], tiles[tiles["split"] == "test"]
     if train.empty or test.empty:
         raise MagaError("no train or held-out adenocarcinoma/squamous tiles", ", ".join(EVAL_DATASETS))
     groups = {src: (test["source"] == src).to_numpy() for src in sorted(test["source"].unique())}
-    models = _models(cfg, ckpt)
+    models = _models(cfg, ckpt, labels_ckpt)
     teacher_px = models[0]["px"]
     rows, curves, history = [], {}, []
     for m in models:
@@ -197,10 +204,19 @@ def run_study(cfg: StudyConfig, root: Path, progress: bool = True) -> dict:
                      "auc": auc, "robustness_index": ri.index, "so": ri.so, "os": ri.os})
         if m["model"] == "distilled student":
             history = [{k: v for k, v in h.items() if k != "step_losses"} for h in enc.history]
-    cost = _measure(models, cfg, progress)
+    # the distilled student timed at the teacher's size too: architecture vs fewer pixels
+    at_teacher_px = {**models[1], "model": "distilled student at teacher px", "px": teacher_px}
+    cost = _measure([*models, at_teacher_px] if models[1]["px"] != teacher_px else models, cfg, progress)
     for r in rows:
         r.update(cost[r["model"]])
+    s_full = cost.get("distilled student at teacher px", cost["distilled student"])
+    t_rate = cost["teacher"]["tiles_per_s"]
+    speedup = {"total": cost["distilled student"]["tiles_per_s"] / t_rate,
+               "architecture": s_full["tiles_per_s"] / t_rate,  # both at the teacher's input size
+               "pixels": cost["distilled student"]["tiles_per_s"] / s_full["tiles_per_s"]}
     result = {"rows": rows, "robustness_curves": curves, "history": history, "checkpoint": str(ckpt),
+              "labels_checkpoint": str(labels_ckpt), "speedup": speedup,
+              "memory_measure": "CUDA peak" if rows[0].get("cuda_peak_mb") is not None else "CPU RSS rise",
               "k": cfg.k, "n_train": len(train), "n_test": len(test),
               "n_test_by_source": {k: int(v.sum()) for k, v in groups.items()}}
     save_config(cfg, out_dir)
@@ -218,7 +234,7 @@ def table(result: dict) -> pd.DataFrame:
                "params (M)": r["params"] / 1e6, "params / teacher": r["params"] / t["params"],
                "GFLOPs / tile": r["gflops_per_tile"], "tiles/s": r["tiles_per_s"],
                "speed-up": r["tiles_per_s"] / t["tiles_per_s"],
-               "peak memory rise (MB)": r["rss_rise_mb"],
+               "peak CPU RSS rise (MB)": r["rss_rise_mb"],
                "memory saved": 1 - r["rss_rise_mb"] / t["rss_rise_mb"]}
         if r.get("cuda_peak_mb") is not None:
             row["CUDA peak (MB)"] = r["cuda_peak_mb"]
@@ -241,7 +257,8 @@ def claims(result: dict) -> pd.DataFrame:
     """The seed's three cost claims next to what this run measured (distilled student vs teacher)."""
     seed = paper_results()["g2l_distillation"]
     here = measured_claims(result)
-    labels = {"speedup": "inference speed-up (x)", "memory_reduction": "memory reduction",
+    mem = result.get("memory_measure", "CPU RSS rise")
+    labels = {"speedup": "inference speed-up (x)", "memory_reduction": f"memory reduction ({mem})",
               "param_ratio": "student params / teacher params"}
     scale = {"memory_reduction": 0.01}  # the seed gives a percentage
     return pd.DataFrame([{"claim": labels[k], "seed (G2L)": seed[key] * scale.get(k, 1), "here": here[k]}
@@ -261,7 +278,8 @@ def save_summary(result: dict, runs: Path) -> Path:
                                    f"student at {s['input_px']} px, distilled on {n_tiles} tiles",
                "g2l_distillation.inference_speedup": f"tiles/s at batch {t['batch_size']} on {t['device']} "
                                                     f"({t['threads']} thread); the seed times a GPU",
-               "g2l_distillation.gpu_memory_reduction_percent": f"peak RSS rise on {t['device']} (no GPU here)",
+               "g2l_distillation.gpu_memory_reduction_percent": f"CPU RSS: peak resident-memory rise on {t['device']} "
+                                                                f"(no GPU here), not GPU memory",
                "g2l_distillation.slides_used": f"the student is distilled on {n_tiles} tiles of the tile datasets, "
                                                "not on slides"})
 
@@ -288,31 +306,36 @@ def _vs(a: float, b: float) -> str:
 
 def verdict(result: dict) -> str:
     """Markdown bullets: each seed claim against this run's numbers, worded from the numbers."""
-    t, s, u = result["rows"][0], result["rows"][1], result["rows"][2]
+    by = {r["model"]: r for r in result["rows"]}
+    t, s, lab, u = by["teacher"], by["distilled student"], by["label-only student"], by["undistilled student"]
     c = claims(result)["here"]
+    sp = result["speedup"]
+    mem = result.get("memory_measure", "CPU RSS rise")
     lines = [
         f"- **Size**: the student has {s['params']:,} parameters, {c['student params / teacher params']:.1%} of "
         f"the teacher's {t['params']:,} (seed: about 15%).",
         f"- **Speed**: {s['tiles_per_s']:.1f} vs {t['tiles_per_s']:.1f} tiles/s at batch {t['batch_size']} on "
-        f"{t['device']}: {c['inference speed-up (x)']:.1f}x (seed: 3.2x on a GPU); FLOPs per tile "
-        f"{s['gflops_per_tile']:.3f} vs {t['gflops_per_tile']:.3f} G"
-        + (f" (the student runs at {s['input_px']} px, the teacher at {t['input_px']} px; at the teacher's size "
-           f"the student needs {s['gflops_at_teacher_px']:.3f} G)" if s["input_px"] != t["input_px"] else "") + ".",
-        f"- **Memory**: peak RSS rise {s['rss_rise_mb']:.0f} vs {t['rss_rise_mb']:.0f} MB: "
-        f"{c['memory reduction']:.0%} less (seed: 76% less GPU memory).",
+        f"{t['device']}: {sp['total']:.1f}x (seed: 3.2x on a GPU), of which {sp['architecture']:.1f}x is the "
+        f"architecture (both at the teacher's {t['input_px']} px) and {sp['pixels']:.1f}x the fewer pixels (the "
+        f"student at {s['input_px']} px); FLOPs per tile {s['gflops_per_tile']:.3f} vs {t['gflops_per_tile']:.3f} G"
+        + (f" ({s['gflops_at_teacher_px']:.3f} G at the teacher's size)" if s["input_px"] != t["input_px"] else "")
+        + ".",
+        f"- **Memory** ({mem}, not GPU memory unless a GPU ran it): {s['rss_rise_mb']:.0f} vs "
+        f"{t['rss_rise_mb']:.0f} MB: {c['memory reduction (' + mem + ')']:.0%} less (seed: 76% less GPU memory).",
     ]
     for g in s["auc"]:
-        a_t, a_s, a_u = t["auc"][g]["auc"], s["auc"][g]["auc"], u["auc"][g]["auc"]
+        a_t, a_s, a_l, a_u = (m["auc"][g]["auc"] for m in (t, s, lab, u))
         overlap = s["auc"][g]["auc_low"] <= t["auc"][g]["auc_high"] and t["auc"][g]["auc_low"] <= s["auc"][g]["auc_high"]
         lines.append(
-            f"- **Probe AUC ({g}, n={s['auc'][g]['n']})**: teacher {a_t:.3f}, distilled {a_s:.3f}, undistilled "
-            f"{a_u:.3f}; the distilled student is {_vs(a_s, a_t)} the teacher "
-            f"({'CIs overlap' if overlap else 'CIs do not overlap'}) and {_vs(a_s, a_u)} the "
-            "same-size undistilled student.")
+            f"- **Probe AUC ({g}, n={s['auc'][g]['n']})**: teacher {a_t:.3f}, distilled {a_s:.3f}, label-only "
+            f"{a_l:.3f}, untrained {a_u:.3f}; the distilled student is {_vs(a_s, a_t)} the teacher "
+            f"({'CIs overlap' if overlap else 'CIs do not overlap'}) and {_vs(a_s, a_l)} the same student "
+            "trained on the labels alone (what distillation adds over training without a teacher).")
     ri = {r["model"]: r["robustness_index"] for r in result["rows"]}
     lines.append(
         f"- **Robustness index (k={result['k']})**: teacher {ri['teacher']:.2f}, distilled "
-        f"{ri['distilled student']:.2f}, undistilled {ri['undistilled student']:.2f} (seed: the distilled model is "
+        f"{ri['distilled student']:.2f}, label-only {ri['label-only student']:.2f}, untrained "
+        f"{ri['undistilled student']:.2f} (seed: the distilled model is "
         f"more robust than the teacher: {'holds' if ri['distilled student'] > ri['teacher'] else 'does not hold'} "
         "here).")
     if ri["distilled student"] > ri["teacher"] and s["auc"]["all"]["auc"] < t["auc"]["all"]["auc"]:

@@ -41,6 +41,9 @@ from maga.distill.losses import get_loss
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
 TEACHER_VIEWS = ("clean", "same")
+# "teacher": G2L distillation; "labels": the same student, tiles, augmentations and schedule trained with
+# the tiles' class labels and no teacher, the baseline that separates what distillation adds.
+OBJECTIVES = ("teacher", "labels")
 
 
 @dataclass
@@ -57,6 +60,7 @@ class DistillConfig:
     loss: str = "cosine_smooth_l1"
     standardize_targets: bool = True
     teacher_view: str = "clean"
+    objective: str = "teacher"                   # "teacher" (distil) or "labels" (no teacher: the baseline)
     epochs: int = 20
     batch_size: int = 32
     lr: float = 2e-3
@@ -73,6 +77,10 @@ class DistillConfig:
                                             for k, v in self.augment.items()})
         if self.teacher_view not in TEACHER_VIEWS:
             raise MagaError(f"teacher_view must be one of {TEACHER_VIEWS}, got {self.teacher_view!r}")
+        if self.objective not in OBJECTIVES:
+            raise MagaError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.objective == "labels" and self.tile_dirs:
+            raise MagaError("label-only training needs labelled tile datasets, not folders", ", ".join(self.tile_dirs))
         if self.split == "test":
             raise MagaError("distillation never uses the evaluation tiles (split 'test')")
         get_loss(self.loss)  # unknown names fail before any work
@@ -109,6 +117,26 @@ def collect_tiles(cfg: DistillConfig) -> list[str]:
 def read_tile(path: str) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
+
+
+def tile_labels(cfg: DistillConfig, paths: list[str]) -> tuple[torch.Tensor, list[str], list[str], list[str]]:
+    """Class indices of `paths` from the datasets' tile tables (classes sorted by name), the class names,
+    and the paths that could not be read (dropped, as the teacher's targets drop them)."""
+    import pandas as pd
+
+    table = pd.concat([tile_table(ds) for ds in cfg.datasets], ignore_index=True)
+    label_of = dict(zip(table["path"].astype(str), table["class"].astype(str)))
+    classes = sorted({label_of[p] for p in paths})
+    kept, skipped = [], []
+    for p in paths:
+        try:
+            read_tile(p)
+            kept.append(p)
+        except (OSError, ValueError) as exc:
+            skipped.append(f"{p}: {type(exc).__name__}: {exc}")
+    if not kept:
+        raise MagaError("none of the training tiles could be read", paths[0])
+    return torch.tensor([classes.index(label_of[p]) for p in kept]), kept, skipped, classes
 
 
 def _same_run(saved: dict, cfg: DistillConfig) -> bool:
@@ -194,15 +222,22 @@ def distill(cfg: DistillConfig, out: str | Path, progress: bool = True) -> Disti
     teacher_prepare = Prepare(tpx, teacher.spec.mean, teacher.spec.std)
     prepare = Prepare(px, teacher.spec.mean, teacher.spec.std)
 
-    targets, paths, skipped = _teacher_targets(teacher, teacher_prepare, paths, cfg.batch_size,
-                                               work / "teacher_targets.pt", progress, rt)
-    mean = targets.mean(0) if cfg.standardize_targets else torch.zeros(targets.shape[1])
-    std = targets.std(0) if cfg.standardize_targets else torch.ones(targets.shape[1])
-    std = std.clamp_min(0.1 * float(std.mean()))
+    classes: list[str] = []
+    if cfg.objective == "labels":  # the teacher only lends its input size and normalisation
+        targets, paths, skipped, classes = tile_labels(cfg, paths)
+        mean, std = torch.zeros(len(classes)), torch.ones(len(classes))
+        loss_fn = nn.functional.cross_entropy
+    else:
+        targets, paths, skipped = _teacher_targets(teacher, teacher_prepare, paths, cfg.batch_size,
+                                                   work / "teacher_targets.pt", progress, rt)
+        mean = targets.mean(0) if cfg.standardize_targets else torch.zeros(targets.shape[1])
+        std = targets.std(0) if cfg.standardize_targets else torch.ones(targets.shape[1])
+        std = std.clamp_min(0.1 * float(std.mean()))
+        loss_fn = get_loss(cfg.loss)
 
     student = build(cfg.student, "random", seed=cfg.seed)
     torch.manual_seed(cfg.seed)
-    projection = nn.Linear(student.dim, teacher.dim)
+    projection = nn.Linear(student.dim, len(classes) or teacher.dim)  # labels: the class logits
     student.to(rt.device)
     projection.to(rt.device)
     dev_targets, dev_mean, dev_std = rt.to(targets), rt.to(mean), rt.to(std)
@@ -211,7 +246,6 @@ def distill(cfg: DistillConfig, out: str | Path, progress: bool = True) -> Disti
     n = len(paths)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps_per_epoch, cfg.epochs))
-    loss_fn = get_loss(cfg.loss)
     history: list[dict] = []
     start = 0
     state_file = work / "state.pt"
@@ -240,7 +274,7 @@ def distill(cfg: DistillConfig, out: str | Path, progress: bool = True) -> Disti
                 geo = geometric_view(read_tile(paths[i]), tpx, rng, cfg.augment)
                 s_views.append(photometric(resize_tile(geo, px), rng, cfg.augment))
                 t_views.append(geo)
-            if cfg.teacher_view == "clean":
+            if cfg.teacher_view == "clean" or classes:
                 target = dev_targets[torch.as_tensor(idx, device=rt.device)]
             else:
                 with torch.inference_mode(), rt.autocast():
@@ -248,7 +282,8 @@ def distill(cfg: DistillConfig, out: str | Path, progress: bool = True) -> Disti
                 target = target.clone()
             with rt.autocast():
                 pred = projection(student(rt.to(prepare(s_views))))
-            loss = loss_fn(pred.float(), (target - dev_mean) / dev_std)
+            loss = (loss_fn(pred.float(), target) if classes else
+                    loss_fn(pred.float(), (target - dev_mean) / dev_std))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -271,6 +306,7 @@ def distill(cfg: DistillConfig, out: str | Path, progress: bool = True) -> Disti
         "teacher": teacher.identity(), "teacher_dim": teacher.dim, "teacher_px": tpx, "input_px": px,
         "mean": list(teacher.spec.mean), "std": list(teacher.spec.std), "config": to_jsonable(cfg),
         "history": history, "n_tiles": n, "skipped": skipped, "finished": True,
+        "objective": cfg.objective, "classes": classes,
     }
     with atomic_path(out) as tmp:
         torch.save(ckpt, tmp)

@@ -117,7 +117,8 @@ def read_checkpoint(path: str | Path) -> dict:
 
 def load_student(path: str | Path) -> EfficientNetEncoder:
     """A distilled student as an Encoder (forward -> its own [B, dim] embedding, as deployed), with
-    `.prepare`, `.input_px`, `.to_teacher_space` (student -> teacher features, as trained), `.teacher`,
+    `.prepare`, `.input_px`, `.to_teacher_space` (student -> teacher features, as trained; None for a
+    student trained on labels alone), `.teacher`,
     `.sha256`, `.config`, `.history`."""
     state = read_checkpoint(path)
     base = STUDENT_SPECS.get(state["student_arch"])
@@ -137,7 +138,9 @@ def load_student(path: str | Path) -> EfficientNetEncoder:
     enc.input_mag = spec.input_mag
     proj = nn.Linear(*state["projection"]["weight"].shape[::-1])
     proj.load_state_dict(state["projection"])
-    enc.to_teacher_space = TeacherProjection(proj, state["target_mean"], state["target_std"])
+    # a student trained on labels alone (objective "labels") holds a classifier, not a map to the teacher
+    enc.to_teacher_space = (TeacherProjection(proj, state["target_mean"], state["target_std"])
+                            if state.get("objective", "teacher") == "teacher" else None)
     enc.teacher = state["teacher"]
     enc.config = state["config"]
     enc.history = state["history"]

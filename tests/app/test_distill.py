@@ -161,3 +161,20 @@ def test_distillation_refuses_evaluation_tiles():
 def test_chapter_runs_with_the_smoke_preset(smoke_book):
     assert "06_distillation" in {p.stem for p in smoke_book.executed}
     assert (smoke_book.html / "chapters" / "06_distillation.html").is_file()
+
+
+def test_label_only_student_trains_on_the_same_tiles_without_a_teacher(real_tiles, tmp_path):
+    """The baseline that separates what distillation adds: same student, tiles and schedule, class labels."""
+    cfg = DistillConfig(max_tiles=16, epochs=3, batch_size=8, teacher_px=64, input_px=48, lr=3e-3,
+                        objective="labels")
+    out = tmp_path / "labels.pt"
+    res = distill(cfg, out, progress=False)
+    losses = [h["loss"] for h in res.history]
+    assert res.n_tiles == 16 and losses[-1] < losses[0], losses
+    assert not (tmp_path / "labels.pt.work" / "teacher_targets.pt").exists()  # no teacher was run
+    enc = build("distilled", out)
+    assert enc.to_teacher_space is None and count_params(enc) == 687_680
+    state = torch.load(out, weights_only=False)
+    assert state["objective"] == "labels" and set(state["classes"]) <= {"adenocarcinoma", "benign", "squamous"}
+    with pytest.raises(MagaError, match="labelled tile datasets"):
+        DistillConfig(objective="labels", tile_dirs=[str(tmp_path)])
