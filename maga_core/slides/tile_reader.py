@@ -24,6 +24,7 @@ import numpy as np
 from maga_core.slides.reader import SlideReader, paste
 
 JPEG = 7  # TIFF compression: new-style JPEG, what Aperio SVS and libvips/OpenSlide generic TIFFs hold
+POOL_PREFIX = "maga-decode"
 CACHE_TILES = 256  # decoded tiles kept (256 px RGB: 48 MiB at most)
 
 
@@ -71,7 +72,7 @@ class TileReader(SlideReader):
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self.threads = threads or decode_threads()
         self.decode_seconds = 0.0  # wall time spent fetching and decoding tiles (StageTimes' read_decode)
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="maga-decode") if self.pages else None
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix=POOL_PREFIX) if self.pages else None
 
     def fast_level(self, level: int) -> bool:
         return level in self.pages
@@ -93,7 +94,8 @@ class TileReader(SlideReader):
                 return index, np.full((page.tilelength, page.tilewidth, 3), 255, np.uint8)
             return index, page.decode(data, index, **args)[0][0]
 
-        done = dict(self._pool.map(one, raw) if len(raw) > 1 else map(one, raw))
+        nested = threading.current_thread().name.startswith(POOL_PREFIX)  # already on a decode thread
+        done = dict(self._pool.map(one, raw) if len(raw) > 1 and not nested else map(one, raw))
         with self._lock:
             for i, tile in done.items():
                 self._cache[(level, i)] = tile
