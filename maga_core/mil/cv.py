@@ -4,7 +4,7 @@ Splits follow the paper (80/10/10 for k = 10): patients are dealt into k folds, 
 grouped by patient (a patient's slides never straddle two sets); fold f tests on part f, validates on
 part f+1 (mod k) and trains on the rest. Folds may also come from a cohort manifest (a `fold` column in
 the labels file, e.g. the real-tile cohort, whose folds keep near-duplicate clusters apart) or from a
-splits file (e.g. the upstream study's lists, `maga_core.data.cohorts`).
+splits file (e.g. the upstream study's lists, `maga.cohorts`).
 
 Results are tidy files the book reads: predictions.csv (one row per test slide per fold),
 fold_metrics.csv (one row per fold and metric, with a bootstrap CI), bootstrap.csv (the resampled AUCs
@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from maga_core import stats
 from maga_core.config import atomic_path, save_config, to_jsonable, write_json
 from maga_core.device import without_runtime
 from maga_core.errors import MagaError
@@ -165,8 +166,6 @@ def _metric_rows(y: np.ndarray, probs: np.ndarray, n_boot: int, confidence: floa
                  patients: np.ndarray) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Point metrics with bootstrap CIs (whole patients resampled, stratified by their classes), and the
     resampled values of each metric."""
-    from maga_core import stats
-
     rep = stats.bootstrap_metrics(y, probs, n_boot=n_boot, confidence=confidence, seed=seed, groups=patients)
     rows = [{"metric": m, "value": v["value"], "ci_low": v["ci_low"], "ci_high": v["ci_high"]}
             for m, v in rep["metrics"].items()]

@@ -1,0 +1,399 @@
+"""Feature extraction at scale: a slide, a folder of slides (one HDF5 per slide) or a folder of tiles
+(one HDF5), with an encoder at a magnification or a MAGA student at its own input magnification.
+
+Reading overlaps compute: a slide's patches come as uint8 batches from a reader thread that decodes the
+slide's own JPEG tiles on every core (`slide_stream`, `slides.TileReader`; tile folders use DataLoader
+workers) while this thread normalises them on the device and runs the network under inference mode,
+channels-last; features stream into the HDF5, so memory stays at a few batches on a gigapixel slide. A batch is resumable (outputs are renamed into place only when whole,
+and existing ones are skipped), survives bad slides (logged, skipped, listed at the end), and is
+sharded by torch.distributed rank when started with torchrun (each rank writes only its own slides).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from maga_core.align import load_student
+from maga_core.align.student import InputPipeline
+from maga_core.align.views import view_at_mag
+from maga_core.config import save_config, write_json
+from maga_core.data.features import INPUT_KINDS, feature_writer
+from maga_core.device import Runtime, inference, resolve
+from maga_core.encoders import build
+from maga_core.errors import MagaError
+from maga_core.slide_stream import StageTimes, stream_patches
+from maga_core.slides import TissueConfig, aligned_grid, detect_tissue, open_slide, patch_px_for_mag, read_patch
+from maga_core.slides.patch_batch import read_patches
+from maga_core.slides.tile_reader import decode_threads, fast_reader
+from maga.extract_report import BatchReport, one_line_cause, report_dict
+
+log = logging.getLogger(__name__)
+
+# Files a slide folder is searched for (OpenSlide formats and pyramidal TIFF). Plain images are tiles.
+SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".svslide", ".bif", ".tif", ".tiff"}
+TILE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+H5_SUFFIXES = {".h5", ".hdf5"}
+REPORT = "extract_report.json"
+EXTRACT_TISSUE_MPP = 8.0  # um/px of the tissue-mask thumbnail: a small fixed cost per slide
+
+
+def default_workers() -> int:
+    """Readers scale with the machine: slides decode on this many threads (every core: decoding is short
+    next to the network and releases the GIL); tile folders use up to this many DataLoader processes."""
+    return decode_threads()
+
+
+@dataclass
+class ExtractConfig:
+    encoder: str
+    input: str
+    out: str
+    mag: float | None = None  # None: the student's input magnification (an encoder needs one)
+    student: str | None = None  # MAGA student checkpoint; its input pipeline replaces the encoder's
+    upsample_px: int | None = None  # encoder only: patches resized (bilinear) to this side first, e.g. 5x -> 256 px
+    weights: str | None = None  # encoder weights: None default source, a path, or "random"
+    mpp: float | None = None  # slides: level-0 MPP override; tiles: the tiles' MPP (required)
+    input_kind: str = "auto"  # auto | slides | tiles
+    batch_size: int | None = None  # None: 32 at 256 px, scaled by pixel count (512 at 64 px)
+    num_workers: int = field(default_factory=default_workers)
+    channels_last: bool = True
+    min_tissue: float = 0.5
+    tissue_mpp: float = EXTRACT_TISSUE_MPP  # tissue mask thumbnail scale (slides.TissueConfig.thumb_mpp)
+    progress: bool = True
+    device: str = "auto"  # auto | cpu | cuda[:N] | mps; saved resolved (maga_core.device)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast); saved resolved
+
+
+@dataclass
+class FeatureModel:
+    """A network plus exactly the input it expects: magnification, patch side and preprocessing."""
+
+    module: torch.nn.Module
+    preprocess: Callable[[np.ndarray], torch.Tensor]  # uint8 [B,H,W,3] -> normalized [B,3,h,w]
+    mag: float
+    patch_px: int
+    encoder: str
+    student_sha256: str = ""
+    channels_last: bool = True
+    runtime: Runtime = field(default_factory=Runtime)
+
+    def __post_init__(self) -> None:
+        if self.runtime.cuda:
+            torch.backends.cudnn.benchmark = True  # batches have one shape (slide_stream pads the last)
+        self.module.eval().to(self.runtime.device)
+        if self.channels_last:
+            self.module.to(memory_format=torch.channels_last)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of a preprocessed batch (on any device), as float32 on the model's device."""
+        with inference(self.runtime):
+            x = self.runtime.to(x)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return self.module(x).float()
+
+    @property
+    def dim(self) -> int:
+        return int(self.module.dim)
+
+    def attrs(self) -> dict[str, Any]:
+        return {"magnification": float(self.mag), "patch_px": int(self.patch_px), "encoder": self.encoder,
+                "student_sha256": self.student_sha256, "device": self.runtime.device,
+                "precision": self.runtime.precision}
+
+
+def load_model(encoder: str, mag: float | None = None, student: str | Path | None = None,
+               weights: str | None = None, channels_last: bool = True,
+               runtime: Runtime | None = None) -> FeatureModel:
+    """An encoder at `mag` (patches of the standard 128 um square, fed at their native size), or a
+    MAGA student at its training magnification with its training input pipeline."""
+    if student is not None:
+        net = load_student(student)
+        teacher = (getattr(net, "teacher", None) or {}).get("name", net.spec.name)
+        if encoder not in (teacher, net.spec.name):
+            raise MagaError(f"student was trained from {teacher!r}, not --encoder {encoder!r}", student)
+        if mag is not None and float(mag) != float(net.input_mag):
+            raise MagaError(f"student takes {net.input_mag:g}x patches, not --mag {mag:g}", student)
+        return FeatureModel(net, net.prepare, float(net.input_mag), int(net.input_px), encoder,
+                            net.sha256, channels_last, runtime or Runtime())
+    if mag is None:
+        raise MagaError("--mag is required without --student")
+
+    net = build(encoder, weights=weights)
+    return FeatureModel(net, net.transform, float(mag), patch_px_for_mag(float(mag)), encoder, "", channels_last,
+                        runtime or Runtime())
+
+
+def upsampled(model: FeatureModel, px: int) -> FeatureModel:
+    """The encoder fed its patches resized to `px` (the fair no-MAGA baseline at low magnification: the
+    teacher at the input size it was trained for), with the same resize as an upsample-mode student."""
+    if model.student_sha256:
+        raise MagaError("upsample_px applies to a plain encoder, not to a MAGA student")
+    spec = model.module.spec
+    pipe = InputPipeline("upsample", model.patch_px, int(px), tuple(spec.mean), tuple(spec.std))
+    return dataclasses.replace(model, preprocess=pipe)
+
+
+def auto_batch_size(patch_px: int) -> int:
+    """Same pixels per batch at every magnification, so small patches do not starve the network."""
+    return int(min(512, max(1, round(32 * (256 / patch_px) ** 2))))
+
+
+class SlidePatches(Dataset):
+    """Patches of one slide at one magnification, read lazily: each DataLoader worker opens its own
+    reader. A batch is read in one call (`read_rows`, `slides.read_patches`: tiles decoded once, in
+    parallel); `fast=False` reads through the reader of record alone. Same pixels either way."""
+
+    def __init__(self, path: Path, coords: np.ndarray, mag: float, patch_px: int, mpp: float | None = None,
+                 fast: bool = True):
+        self.path, self.coords, self.mag, self.patch_px, self.mpp = Path(path), coords, mag, patch_px, mpp
+        self.fast = fast
+        self._reader = None
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    def _open(self):
+        if self._reader is None:
+            reader = open_slide(self.path, mpp=self.mpp)
+            self._reader = fast_reader(reader) if self.fast else reader
+        return self._reader
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        x, y = self.coords[i]
+        return read_patch(self._open(), (float(x), float(y)), self.mag, self.patch_px)
+
+    def read_rows(self, idx: Sequence[int]) -> list[np.ndarray]:
+        return list(read_patches(self._open(), self.coords[np.asarray(idx, dtype=np.int64)], self.mag,
+                                 self.patch_px))
+
+
+class TileImages(Dataset):
+    """Tile images at their MPP, viewed at the target magnification exactly as MAGA training views them."""
+
+    def __init__(self, paths: Sequence[Path], tile_mpp: float, mag: float):
+        self.paths, self.tile_mpp, self.mag = list(paths), float(tile_mpp), float(mag)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        try:
+            with Image.open(self.paths[i]) as im:
+                tile = np.asarray(im.convert("RGB"))
+        except OSError as exc:
+            raise MagaError(f"cannot read tile image ({exc})", self.paths[i]) from None
+        return view_at_mag(tile, self.tile_mpp, self.mag)
+
+
+class Collate:
+    """Runs in the worker: groups patches by shape, stacks and preprocesses each group."""
+
+    def __init__(self, preprocess: Callable[[np.ndarray], torch.Tensor]):
+        self.preprocess = preprocess
+
+    def __call__(self, items: list[tuple[int, np.ndarray]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for k, (_, patch) in enumerate(items):
+            groups.setdefault(patch.shape, []).append(k)
+        return [(torch.tensor([items[k][0] for k in ks]), self.preprocess(np.stack([items[k][1] for k in ks])))
+                for ks in groups.values()]
+
+
+class _Indexed(Dataset):
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray]:
+        return i, self.base[i]
+
+    def __getitems__(self, idx: list[int]) -> list[tuple[int, np.ndarray]]:
+        """A whole batch at once (DataLoader's batched fetch), so a slide can be read a row at a time."""
+        read = getattr(self.base, "read_rows", None)
+        return list(zip(idx, read(idx) if read else [self.base[i] for i in idx]))
+
+
+def embed_into(dataset: Dataset, model: FeatureModel, put: Callable[[np.ndarray, np.ndarray], None],
+               batch_size: int | None = None, num_workers: int | None = None, desc: str = "patches",
+               progress: bool = True) -> None:
+    """Run the network over every item of `dataset` (uint8 HxWx3 patches); `put(indices, features)`
+    receives each batch, so a caller can stream features to disk."""
+    n = len(dataset)  # type: ignore[arg-type]
+    bs = batch_size or auto_batch_size(model.patch_px)
+    workers = default_workers() if num_workers is None else num_workers
+    # A worker overlaps reading batch k+1 with computing batch k; with a single batch there is nothing to
+    # overlap, and starting a process (fork, reopening the slide) would only add latency.
+    workers = max(0, min(workers, -(-n // bs) - 1))
+    loader = DataLoader(_Indexed(dataset), batch_size=bs, shuffle=False, num_workers=workers,
+                        collate_fn=Collate(model.preprocess), prefetch_factor=4 if workers else None,
+                        pin_memory=model.runtime.pin_memory)
+    with tqdm(total=n, desc=desc, unit="patch", leave=False, disable=not progress) as bar:
+        for groups in loader:
+            for idx, x in groups:
+                put(idx.numpy(), model(x).cpu().numpy())
+                bar.update(len(idx))
+
+
+def embed(dataset: Dataset, model: FeatureModel, batch_size: int | None = None, num_workers: int | None = None,
+          desc: str = "patches", progress: bool = True) -> np.ndarray:
+    """Features [N, D] float32 of every item of `dataset`, in order, in memory."""
+    out = np.empty((len(dataset), model.dim), dtype=np.float32)  # type: ignore[arg-type]
+
+    def put(idx: np.ndarray, rows: np.ndarray) -> None:
+        out[idx] = rows
+
+    embed_into(dataset, model, put, batch_size, num_workers, desc, progress)
+    return out
+
+
+@dataclass
+class SlideResult:
+    slide: str
+    out: str
+    n_patches: int
+    seconds: float
+    stages: dict[str, float]  # slides: slide_stream.STAGES (seconds per stage); tiles: embed_write
+
+
+def extract_slide(path: str | Path, model: FeatureModel, out_path: str | Path, mpp: float | None = None,
+                  batch_size: int | None = None, num_workers: int | None = None, min_tissue: float = 0.5,
+                  progress: bool = True, fast: bool = True, tissue_mpp: float | None = EXTRACT_TISSUE_MPP
+                  ) -> SlideResult:
+    """Tissue mask -> aligned grid -> features of every patch -> one HDF5 (written atomically).
+    `num_workers`: decode threads (None: every core); `fast=False`: the reader of record alone."""
+    path = Path(path)
+    stages = StageTimes()
+    t0 = time.perf_counter()
+    with stages.time("open"):
+        reader = open_slide(path, mpp=mpp)
+        if fast:
+            reader = fast_reader(reader, num_workers or None)
+    with reader:
+        with stages.time("tissue_grid"):
+            mask = detect_tissue(reader, TissueConfig(thumb_mpp=tissue_mpp))
+            coords = aligned_grid(reader, mask, (model.mag,), {model.mag: model.patch_px}, min_tissue=min_tissue)
+        bs = batch_size or auto_batch_size(model.patch_px)
+        with tqdm(total=len(coords), desc=path.name, unit="patch", leave=False, disable=not progress) as bar, \
+                feature_writer(out_path, len(coords), model.dim, coords=coords, slide=path.name,
+                               mpp=float(reader.mpp), **model.attrs()) as put:
+            stream_patches(reader, coords, model, put, bs, stages, bar.update)
+    return SlideResult(str(path), str(out_path), len(coords), time.perf_counter() - t0, stages.as_dict())
+
+
+def find_files(folder: Path, suffixes: set[str]) -> list[Path]:
+    """Files under `folder` (recursive, sorted) with these suffixes; hidden files and temporaries skipped."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."))
+
+
+def extract_tiles(folder: str | Path, model: FeatureModel, out_path: str | Path, tile_mpp: float,
+                  batch_size: int | None = None, num_workers: int | None = None, progress: bool = True) -> SlideResult:
+    """Every image under `folder` -> one HDF5 with `features` and `paths` (relative to the folder)."""
+    folder = Path(folder)
+    paths = find_files(folder, TILE_SUFFIXES)
+    if not paths:
+        raise MagaError(f"no tile images ({', '.join(sorted(TILE_SUFFIXES))}) found", folder)
+    t0 = time.perf_counter()
+    rel = [p.relative_to(folder).as_posix() for p in paths]
+    with feature_writer(out_path, len(paths), model.dim, paths=rel, slide="", mpp=float(tile_mpp),
+                        root=str(folder.resolve()), **model.attrs()) as put:
+        embed_into(TileImages(paths, tile_mpp, model.mag), model, put, batch_size, num_workers,
+                   desc=folder.name, progress=progress)
+    seconds = time.perf_counter() - t0
+    return SlideResult(str(folder), str(out_path), len(paths), seconds, {"embed_write": seconds})
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) of torch.distributed, else of torchrun's environment, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _input_kind(src: Path, kind: str) -> str:
+    """'slide', 'slides' or 'tiles' for an input path."""
+    if kind not in INPUT_KINDS:
+        raise MagaError(f"--kind must be one of {', '.join(INPUT_KINDS)}, got {kind!r}")
+    if not src.exists():
+        raise MagaError("input not found", src)
+    if src.is_file():
+        if kind == "tiles":
+            raise MagaError("--kind tiles needs a folder of tile images", src)
+        return "slide"
+    if kind != "auto":
+        return kind
+    if find_files(src, SLIDE_SUFFIXES):
+        return "slides"
+    if find_files(src, TILE_SUFFIXES):
+        return "tiles"
+    raise MagaError(f"no slides ({', '.join(sorted(SLIDE_SUFFIXES))}) or tile images found", src)
+
+
+def plan(cfg: ExtractConfig) -> tuple[str, list[tuple[Path, Path]], Path]:
+    """(kind, [(input, output)] for every item of the whole job, output folder)."""
+    src, out = Path(cfg.input), Path(cfg.out)
+    kind = _input_kind(src, cfg.input_kind)
+    single = out.suffix.lower() in H5_SUFFIXES
+    if kind == "slides" and single:
+        raise MagaError("a folder of slides needs an output folder, not a .h5 file", out)
+    if kind == "slides":
+        items = [(p, (out / p.relative_to(src)).with_suffix(".h5")) for p in find_files(src, SLIDE_SUFFIXES)]
+    else:
+        items = [(src, out if single else out / f"{src.stem if kind == 'slide' else src.name}.h5")]
+    return kind, items, out.parent if single else out
+
+
+def extract_batch(cfg: ExtractConfig) -> BatchReport:
+    """The whole `maga extract` job for this rank: resume, shard, skip-and-report failures."""
+    if cfg.batch_size is not None and cfg.batch_size < 1 or cfg.num_workers < 0:
+        raise MagaError(f"batch size must be >= 1 and workers >= 0 (got {cfg.batch_size}, {cfg.num_workers})")
+    kind, items, out_dir = plan(cfg)
+    if kind == "tiles" and cfg.mpp is None:
+        raise MagaError("a tile folder needs --mpp (the tiles' microns per pixel, e.g. 0.5 for 20x)", cfg.input)
+    rank, world = dist_rank_world()
+    report = BatchReport(rank, world)
+    mine = items[rank::world]
+    todo = []
+    for src, dst in mine:
+        if dst.is_file():
+            report.skipped.append(str(dst))
+        else:
+            todo.append((src, dst))
+    if todo:
+        rt = resolve(cfg.device, cfg.precision)
+        model = load_model(cfg.encoder, cfg.mag, cfg.student, cfg.weights, cfg.channels_last, rt)
+        if cfg.upsample_px:
+            model = upsampled(model, cfg.upsample_px)
+        save_config(dataclasses.replace(cfg, device=rt.device, precision=rt.precision), out_dir)
+    for src, dst in tqdm(todo, desc="slides", unit="slide", disable=not cfg.progress or len(todo) < 2):
+        try:
+            if kind == "tiles":
+                res = extract_tiles(src, model, dst, cfg.mpp, cfg.batch_size, cfg.num_workers, cfg.progress)
+            else:
+                res = extract_slide(src, model, dst, cfg.mpp, cfg.batch_size, cfg.num_workers, cfg.min_tissue,
+                                    cfg.progress, tissue_mpp=cfg.tissue_mpp)
+            report.done.append(res)
+            log.info("%s: %d patches in %.1f s -> %s", src, res.n_patches, res.seconds, dst)
+        except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the batch
+            report.failed[str(src)] = one_line_cause(exc, src)
+            log.warning("skipped %s", report.failed[str(src)])
+    write_json({"kind": kind, **report_dict(report)},
+               out_dir / (REPORT if world == 1 else f"extract_report.rank{rank}.json"))
+    return report
