@@ -50,6 +50,13 @@ class StudyConfig:
     threads: int = 1  # CPU threads while training: OpenMP's 2-thread runs slow down 2-20x on shared cores
 
 
+def study_config(P: dict) -> StudyConfig:
+    """The StudyConfig of chapter 07's preset dict (presets.resolve("07_end_to_end", ...))."""
+    names = {f.name for f in dataclasses.fields(StudyConfig)}
+    own = {k: (tuple(v) if isinstance(v, list) else v) for k, v in P.items() if k in names}
+    return StudyConfig(**own)
+
+
 def cohort_config(cfg: StudyConfig):
     return CohortConfig(task=cfg.task, n_patients=cfg.n_patients, slides_per_patient=cfg.slides_per_patient,
                         folds=cfg.folds, grid=cfg.grid, include_tcga=cfg.include_tcga, seed=cfg.cohort_seed)

@@ -32,4 +32,5 @@ def test_bench_maga_mags_trains_both_students_per_magnification(tmp_path, capsys
     assert len(mags_figures.curve_figure(record).data) == 2 * 2 * 5  # tasks x (AUC, cosine) x kinds
     path = tmp_path / "maga_mags.json"
     path.write_text(json.dumps(record))
-    assert baselines_text.bench_text(path, "upsample").count("upsampled teacher") == 4
+    lines = baselines_text.bench_text(path, "upsample").splitlines()
+    assert len(lines) == 4 and all("upsampled teacher" in line and "plain teacher" in line for line in lines)
