@@ -59,12 +59,11 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
 
 @benchmark("maga", "train MAGA students with the defaults; held-out AUCs, recovered gap, cosine", _args)
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    import dataclasses
     import tempfile
     from pathlib import Path
 
     # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
-    import dataclasses
-
     from maga.alignment.probe import ProbeConfig, run_probe_study
     from maga_core.align.train import AlignConfig
     from maga_core.slides import parse_mags
