@@ -26,6 +26,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mags", default=None, help="comma-separated student magnifications, e.g. 10,5,2.5,1.25: one "
                                                 "study per magnification (default: maga align's, 5)")
     p.add_argument("--device", default="auto", help="where the students train: auto, cpu, cuda[:N], mps")
+    p.add_argument("--num-workers", type=int, default=None, help="tile-decoding worker processes while training "
+                                                                 "(default: maga align's; raise it on a GPU)")
     p.add_argument("--max-tiles-per-class", type=int, default=None, help="probe a seeded subset of the held-out "
                                                                          "tiles (quick runs)")
     p.add_argument("--probe-repeats", type=int, default=None, help="repeated probe cross-validations "
@@ -73,7 +75,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "augment": args.augment, "pooled_weight": args.pooled_weight, "lr_decay": args.lr_decay,
         "taps": args.taps.split(",") if args.taps else None,
         "tap_weights": [float(w) for w in args.tap_weights.split(",")] if args.tap_weights else None,
-        "device": None if args.device == "auto" else args.device}.items() if v is not None}
+        "device": None if args.device == "auto" else args.device, "num_workers": args.num_workers}.items()
+        if v is not None}
     extra = {k: v for k, v in {"probe_repeats": args.probe_repeats,
                                "max_tiles_per_class": args.max_tiles_per_class}.items() if v is not None}
     cfg = ProbeConfig(teacher=args.teacher, epochs_native=epochs, epochs_upsample=epochs,
