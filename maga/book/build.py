@@ -25,6 +25,7 @@ from typing import Any, Iterator, Sequence
 from maga_core.config import atomic_path
 from maga_core.errors import MagaError
 from maga.presets import PRESET_NAMES
+from maga.provenance import COMMAND_ENV
 
 # The book builds from a source checkout: its notebooks and book/ folder are not part of the wheel.
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -87,7 +88,8 @@ def execute_notebook(path: str | Path, preset: str = "smoke", out_dir: str | Pat
     failed = out_dir / f"{path.stem}.failed.ipynb"
     partial = out_dir / f".{path.stem}.partial.ipynb"
     try:
-        with _env(STATIC_ENV, os.environ.get(STATIC_ENV, "1")):
+        command = f"python -m maga.book.build --preset {preset} --only {path.stem[:2]}"
+        with _env(STATIC_ENV, os.environ.get(STATIC_ENV, "1")), _env(COMMAND_ENV, command):
             pm.execute_notebook(
                 str(path), str(partial), parameters={"preset": preset, **params}, kernel_name=KERNEL,
                 cwd=str(path.parent), progress_bar=progress_bar, log_output=False,

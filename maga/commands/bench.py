@@ -35,9 +35,12 @@ def _flat(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 def _run(bench, args: argparse.Namespace) -> int:
     # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
+    from maga.provenance import provenance
     from maga_core.config import to_jsonable, write_json
 
     result = to_jsonable(bench.run(args))
+    config = {k: v for k, v in vars(args).items() if k != "func"}
+    result["provenance"] = provenance(config=config)
     if args.out:
         write_json(result, args.out)
     if args.json:

@@ -15,10 +15,11 @@ from typing import Any
 
 import pandas as pd
 
-from maga_core.config import save_config, write_json
+from maga_core.config import atomic_path, save_config
 from maga_core.data.manifests import fetch
 from maga_core.errors import MagaError
 from maga import records
+from maga.provenance import write_record, write_sidecar
 from maga.records import paper_results
 from maga.slide_tools.generator import generate_slide
 from maga.telepath.client import send
@@ -82,8 +83,10 @@ def run_study(cfg: TelepathStudyConfig, out_dir: str | Path | None = None) -> di
     result = {"rows": rows, "ratios": ratios(table), "config": asdict(cfg)}
     if out_dir is not None:
         save_config(cfg, out_dir)
-        write_json(result, Path(out_dir) / "telepath.json")
-        table.to_csv(Path(out_dir) / "telepath.csv", index=False)
+        write_record(result, Path(out_dir) / "telepath.json", config=cfg)
+        with atomic_path(Path(out_dir) / "telepath.csv") as tmp:
+            table.to_csv(tmp, index=False)
+        write_sidecar(Path(out_dir) / "telepath.csv", config=cfg)
     return result
 
 
