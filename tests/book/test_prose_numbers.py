@@ -63,3 +63,20 @@ def test_scanner_catches_each_kind_and_spares_the_allowed():
 def test_no_outcome_number_typed_in_prose():
     found = [f"{where}: {', '.join(hits)}" for where, line in prose_lines() if (hits := typed_outcomes(line))]
     assert not found, "outcome numbers typed in prose (format them from the record):\n" + "\n".join(found)
+
+
+def test_chapter_sentences_follow_the_paper_file(monkeypatch):
+    from maga.book import prose
+    from maga.records import paper_results
+
+    p = paper_results()
+    p["g2l_distillation"].update(inference_speedup=9.9, gpu_memory_reduction_percent=42)
+    p["frozen_section_telepathology"]["transfer_s"]["x20"] = 123.4
+    p["tcga_nsclc_subtyping"]["storage_gb"] = {"x20": 0.8, "x5": 0.04}
+    monkeypatch.setattr(prose, "paper_results", lambda: p)
+    assert "**9.9x faster** with **42% less GPU memory**" in prose.g2l_claims_text()
+    assert "took 123.4 s to send" in prose.telepath_paper_text()
+    assert "0.8 GB per TCGA-NSCLC slide at 20x against 0.04 GB at 5x (20.0x)" in prose.paper_storage_text()
+    limits = prose.telepath_limits_text({"machine": {"cpu_count": 7, "device": "cpu"},
+                                         "service": {"aggregator": "transmil", "encoder": "resnet50_trunc"}})
+    assert "this run used 7 CPU cores (transmil + resnet50_trunc)" in limits
