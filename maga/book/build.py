@@ -89,7 +89,11 @@ def execute_notebook(path: str | Path, preset: str = "smoke", out_dir: str | Pat
     partial = out_dir / f".{path.stem}.partial.ipynb"
     try:
         command = f"python -m maga.book.build --preset {preset} --only {path.stem[:2]}"
-        with _env(STATIC_ENV, os.environ.get(STATIC_ENV, "1")), _env(COMMAND_ENV, command):
+        # The kernel starts in notebooks/: put this checkout first on its path, so that the chapters run
+        # (and their records name) the code the book is built from, not another install of the package.
+        path_env = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        with _env(STATIC_ENV, os.environ.get(STATIC_ENV, "1")), _env(COMMAND_ENV, command), \
+                _env("PYTHONPATH", path_env):
             pm.execute_notebook(
                 str(path), str(partial), parameters={"preset": preset, **params}, kernel_name=KERNEL,
                 cwd=str(path.parent), progress_bar=progress_bar, log_output=False,
