@@ -25,6 +25,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("maga", "maga_core")
 # The book builder names the chapter a notebook's records come from (a kernel's argv is ipykernel's).
 COMMAND_ENV = "MAGA_RECORD_COMMAND"
+# ... and the files beside the package a chapter's record depends on (its notebook, the presets).
+SOURCES_ENV = "MAGA_RECORD_SOURCES"
 SIDECAR_SUFFIX = ".provenance.json"
 
 
@@ -83,10 +85,11 @@ def provenance(config: Any = None, command: str | None = None, device: str | Non
     if device is None and isinstance(cfg, dict) and isinstance(cfg.get("device"), str):
         device = cfg["device"]
     status = git("status", "--porcelain", "--untracked-files=no", repo=repo)
+    sources = os.environ.get(SOURCES_ENV, "")
     return {"commit": git("rev-parse", "HEAD", repo=repo), "dirty": bool(status) if status is not None else None,
             "command": command if command is not None else command_line(), "config": cfg,
             "machine": machine(device), "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "modules": sorted(set(loaded_modules(repo)) | set(also))}
+            "modules": sorted(set(loaded_modules(repo)) | set(also) | set(filter(None, sources.split(os.pathsep))))}
 
 
 def write_record(payload: dict[str, Any], path: str | Path, config: Any = None, command: str | None = None,

@@ -42,7 +42,7 @@ def register(sub) -> None:
 
 def _list(args) -> int:
     # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
-    from maga.results_index import status, status_json
+    from maga.results_index import maker_of, status, status_json
 
     rows = status()
     if args.json:
@@ -56,6 +56,8 @@ def _list(args) -> int:
             print(f"      {'':<{width}}  {r.command}")
         if r.changed:
             print(f"      {'':<{width}}  changed: {', '.join(r.changed[:6])}{' ...' if len(r.changed) > 6 else ''}")
+        if r.stale and r.maker:
+            print(f"      {'':<{width}}  remake: maga results make {r.maker} (about {maker_of(r.file).minutes:g} min)")
     print(f"{sum(r.stale for r in rows)} of {len(rows)} records stale")
     return 0
 

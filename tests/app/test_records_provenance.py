@@ -33,6 +33,16 @@ def test_json_record_carries_provenance_that_parses_back(tmp_path, monkeypatch):
     assert all(not m.startswith("/") and m.endswith(".py") for m in prov["modules"])
 
 
+def test_a_chapter_record_names_its_notebook(tmp_path, monkeypatch):
+    from maga.provenance import COMMAND_ENV, SOURCES_ENV
+
+    monkeypatch.setenv(COMMAND_ENV, "python -m maga.book.build --preset smoke --only 08")
+    monkeypatch.setenv(SOURCES_ENV, "notebooks/08_telepathology.ipynb:maga/presets.yaml")
+    prov = read_provenance(write_record({}, tmp_path / "r.json"))
+    assert prov["command"] == "python -m maga.book.build --preset smoke --only 08"
+    assert {"notebooks/08_telepathology.ipynb", "maga/presets.yaml", "maga/provenance.py"} <= set(prov["modules"])
+
+
 def test_csv_record_gets_a_sidecar(tmp_path):
     csv = tmp_path / "table.csv"
     csv.write_text("a,b\n1,2\n")
