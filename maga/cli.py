@@ -9,6 +9,7 @@ import pkgutil
 import sys
 
 import maga.commands as commands
+from maga.provenance import use_cli_argv
 from maga_core.errors import MagaError
 
 
@@ -22,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    use_cli_argv(argv)  # records made by this command name it
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

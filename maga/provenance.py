@@ -28,6 +28,13 @@ COMMAND_ENV = "MAGA_RECORD_COMMAND"
 # ... and the files beside the package a chapter's record depends on (its notebook, the presets).
 SOURCES_ENV = "MAGA_RECORD_SOURCES"
 SIDECAR_SUFFIX = ".provenance.json"
+# The `maga` arguments of this process, set by maga.cli.main (also when called in-process, as tests do).
+_cli_argv: list[str] | None = None
+
+
+def use_cli_argv(argv: list[str]) -> None:
+    global _cli_argv
+    _cli_argv = list(argv)
 
 
 def git(*args: str, repo: Path = REPO_ROOT) -> str | None:
@@ -43,6 +50,8 @@ def command_line() -> str:
     """The command as a user would type it: `maga ...` for the entry point, else the argv."""
     if os.environ.get(COMMAND_ENV):
         return os.environ[COMMAND_ENV]
+    if _cli_argv is not None:
+        return shlex.join(["maga", *_cli_argv])
     argv = list(sys.argv)
     name = Path(argv[0]).name if argv else ""
     if name == "maga" or argv[:1] == ["-m"] or name.endswith("cli.py"):

@@ -52,7 +52,7 @@ MAKERS: tuple[Maker, ...] = (
           minutes=8),
     Maker("bench_datapath", ("bench_datapath.json",),
           (MAGA + ("bench", "datapath", "--json", "--reader-of-record", "--out", "{results}/bench_datapath.json"),),
-          minutes=5),
+          minutes=3),
     Maker("maga_bench", ("maga_bench.json",),
           (MAGA + ("bench", "maga", "--json", "--workdir", "{work}/maga_bench", "--modes", "native",
                    "--out", "{results}/maga_bench.json"),), minutes=15),

@@ -15,6 +15,9 @@ from maga.results_index import MAKERS, records, staleness, status
 
 
 def test_json_record_carries_provenance_that_parses_back(tmp_path, monkeypatch):
+    import maga.provenance
+
+    monkeypatch.setattr(maga.provenance, "_cli_argv", None)  # not called through maga.cli.main here
     monkeypatch.setattr(sys, "argv", ["/venv/bin/maga", "bench", "extract", "--json"])
     path = write_record({"tiles_per_s": 3.0}, tmp_path / "bench.json", config={"device": "cpu", "size": 8192})
     data = json.loads(path.read_text())
@@ -113,3 +116,14 @@ def test_maga_results_json_lists_every_record(capsys):
     made = {f for m in MAKERS for f in m.files}
     assert listed <= made, f"records no maker regenerates: {sorted(listed - made)}"
     assert all(r["stale"] == (r["state"] != "current") for r in rows)
+
+
+def test_in_process_cli_call_names_its_own_arguments(tmp_path, capsys):
+    out = tmp_path / "table.json"
+    assert main(["results", "combine", str(out), f"a={tmp_path / 'missing.json'}"]) == 2  # one-line error
+    assert "maga results: error:" in capsys.readouterr().err and not out.exists()
+    part = write_record({"x": 1}, tmp_path / "a.json")
+    assert main(["results", "combine", str(out), f"a={part}"]) == 0
+    data = json.loads(out.read_text())
+    assert data["runs"]["a"]["x"] == 1
+    assert data["provenance"]["command"] == f"maga results combine {out} a={part}"
