@@ -93,7 +93,8 @@ def provenance(config: Any = None, command: str | None = None, device: str | Non
     cfg = to_jsonable(config) if config is not None else None
     if device is None and isinstance(cfg, dict) and isinstance(cfg.get("device"), str):
         device = cfg["device"]
-    status = git("status", "--porcelain", "--untracked-files=no", repo=repo)
+    # Dirty means uncommitted code: records already rewritten under results/ by the same run do not count.
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results", repo=repo)
     sources = os.environ.get(SOURCES_ENV, "")
     return {"commit": git("rev-parse", "HEAD", repo=repo), "dirty": bool(status) if status is not None else None,
             "command": command if command is not None else command_line(), "config": cfg,

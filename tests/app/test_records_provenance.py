@@ -85,6 +85,17 @@ def test_record_is_stale_when_its_module_changes_after_its_commit(repo):
     assert staleness(prov, repo) == ("stale (code changed)", ["pkg/model.py"])
 
 
+def test_dirty_means_uncommitted_code_not_rewritten_records(repo):
+    (repo / "results").mkdir()
+    (repo / "results" / "a.json").write_text("{}\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "a record")
+    (repo / "results" / "a.json").write_text('{"x": 1}\n')  # an earlier maker of the same run rewrote it
+    assert provenance(repo=repo)["dirty"] is False
+    (repo / "pkg" / "model.py").write_text("SCALE = 3\n")
+    assert provenance(repo=repo)["dirty"] is True
+
+
 def test_moved_module_and_missing_provenance_are_stale(repo):
     prov = {**provenance(repo=repo), "modules": ["pkg/model.py"]}
     _git(repo, "mv", "pkg/model.py", "pkg/models.py")
