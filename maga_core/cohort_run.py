@@ -27,7 +27,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from maga_core.config import atomic_path, save_config, write_json
-from maga_core.errors import MagaError
+from maga_core.errors import MagaError, output_error
 
 MODELS = ("gltrans", "transmil", "clam_sb", "clam_mb", "abmil")
 # Upstream cohort -> the task of mil.experiment whose paper figures it stands beside.
@@ -187,6 +187,8 @@ def run_cohort(cfg: CohortRunConfig, progress: bool = True) -> dict[str, Any]:
         try:
             rec = extract_aligned(path, models, outs, cfg.batch_size, cfg.num_workers, cfg.min_tissue)
         except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the cohort
+            if (stop := output_error(exc, out)) is not None:  # ... but a full or read-only output folder does
+                raise stop from None
             failed[path.name] = one_line_cause(exc, path)
             continue
         rec["case"] = case_of(path.stem, ids)

@@ -53,6 +53,23 @@ def write_json(obj: Any, path: str | Path) -> Path:
     return Path(path)
 
 
+def torch_save(obj: Any, path: str | Path) -> Path:
+    """torch.save, atomically, through a Python file object: a full or read-only folder then surfaces as a
+    one-line OutputError (torch's own file writer reports only 'unexpected pos')."""
+    import torch
+
+    from maga_core.errors import output_error
+
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+    except Exception as exc:
+        if (stop := output_error(exc, Path(path).parent)) is not None:
+            raise stop from None
+        raise
+    return Path(path)
+
+
 def save_config(cfg: Any, out_dir: str | Path, name: str = "config.json") -> Path:
     """Save a run's dataclass config beside its outputs, tagged with its class name."""
     payload = {"kind": type(cfg).__name__, **to_jsonable(cfg)}

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from maga_core.config import save_config, write_json
 from maga_core.data.features import INPUT_KINDS, feature_writer
 from maga_core.device import Runtime, inference, resolve
-from maga_core.errors import MagaError
+from maga_core.errors import MagaError, output_error
 from maga_core.maga.views import view_at_mag
 from maga_core.slides import aligned_grid, detect_tissue, level0_extent, open_slide, patch_px_for_mag, read_patch
 
@@ -427,6 +427,8 @@ def extract_batch(cfg: ExtractConfig) -> BatchReport:
             report.done.append(res)
             log.info("%s: %d patches in %.1f s -> %s", src, res.n_patches, res.seconds, dst)
         except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the batch
+            if (stop := output_error(exc, dst.parent)) is not None:  # ... but a full or read-only output folder does
+                raise stop from None
             report.failed[str(src)] = one_line_cause(exc, src)
             log.warning("skipped %s", report.failed[str(src)])
     write_json({"kind": kind, **_report_dict(report)},
