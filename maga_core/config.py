@@ -77,10 +77,20 @@ def save_config(cfg: Any, out_dir: str | Path, name: str = "config.json") -> Pat
 
 
 def load_config(cls: type[T], path: str | Path) -> T:
-    data = json.loads(Path(path).read_text())
-    data.pop("kind", None)
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+    """A saved config back as `cls`; a file that is not one (unreadable, not JSON, wrong fields) is a
+    one-line MagaError."""
+    from maga_core.errors import MagaError
+
+    try:
+        data = json.loads(Path(path).read_bytes())
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON {type(data).__name__}, not an object")
+        data.pop("kind", None)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+    except (OSError, ValueError, TypeError) as exc:
+        raise MagaError(f"not a saved {cls.__name__} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+                        path) from None
 
 
 def file_sha256(path: str | Path) -> str:

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, data_file):
-    data_file("lc25000_lung_224_dedup", "labels.csv")  # skip (or fail under CI) without the data mirror
+    data_file("lc25000_lung_224_dedup", "lung_aca/lungaca100.jpeg")  # skip (fail under CI) without the mirror
     root = tmp_path_factory.mktemp("kills")
     return root, {s.name: s for s in scenarios(root)}
 
