@@ -4,7 +4,6 @@ checked against the file sent; the network and queue are the real service's (cre
 
 from __future__ import annotations
 
-import hashlib
 import socket
 import threading
 import time
@@ -30,11 +29,13 @@ class InfoAnalyzer:
             self.paths.append(Path(path))
             self.running += 1
             self.max_running = max(self.max_running, self.running)
+            running = self.running
         try:
             with open_slide(path, mpp=0.25) as r:
                 r.read_region((0, 0), r.level_count - 1, (64, 64))
                 dims = list(r.dimensions)
-            return {"dimensions": dims, "sha256": file_sha256(path), "magnification": magnification}
+            return {"dimensions": dims, "sha256": file_sha256(path), "magnification": magnification,
+                    "analyses_running": running}
         finally:
             with self.lock:
                 self.running -= 1
@@ -79,8 +80,7 @@ class LoadStats:
     files_left: int = 0
 
 
-def load(url: str, token: str, slide: Path, clients: int, uploads: int, analyzer: InfoAnalyzer,
-         upload_dir: Path) -> LoadStats:
+def load(url: str, token: str, slide: Path, clients: int, uploads: int, upload_dir: Path) -> LoadStats:
     """`clients` threads each upload `slide` `uploads` times; each answer must carry the slide's sha256
     and dimensions."""
     import httpx
@@ -93,6 +93,8 @@ def load(url: str, token: str, slide: Path, clients: int, uploads: int, analyzer
     body = slide.read_bytes()
     stats = LoadStats(clients, uploads)
 
+    running: list[int] = []
+
     def client(k: int) -> list[str]:
         wrong = []
         with httpx.Client(timeout=600) as c:
@@ -100,6 +102,7 @@ def load(url: str, token: str, slide: Path, clients: int, uploads: int, analyzer
                 resp = c.post(f"{url}/v1/diagnose", content=body,
                               headers={"Authorization": f"Bearer {token}", "X-Filename": slide.name})
                 got = resp.json() if resp.status_code == 200 else {}
+                running.append(int(got.get("analyses_running", 0)))
                 if got.get("sha256") != want_sha or got.get("dimensions") != want_dims or got.get("bytes") != len(body):
                     wrong.append(f"client {k} upload {i}: {resp.status_code} {resp.text[:200]}")
         return wrong
@@ -110,10 +113,17 @@ def load(url: str, token: str, slide: Path, clients: int, uploads: int, analyzer
             stats.wrong += wrong
     stats.seconds = round(time.perf_counter() - t0, 2)
     stats.answered_correctly = clients * uploads - len(stats.wrong)
-    stats.max_concurrent_analyses = analyzer.max_running
+    stats.max_concurrent_analyses = max(running, default=0)
     stats.files_left = sum(1 for _ in upload_dir.iterdir())
     return stats
 
 
-def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def serve_main(upload_dir: str, token: str, body_timeout_s: float) -> None:
+    """The service in its own process (so its memory is its own): prints its URL, serves until killed."""
+    from maga_core.telepath.server import ServeConfig, ServerThread, create_app
+
+    app = create_app(InfoAnalyzer(), ServeConfig(token=token, max_upload_bytes=64 * 1024**2, upload_dir=upload_dir,
+                                                 body_timeout_s=body_timeout_s))
+    with ServerThread(app) as url:
+        print(url, flush=True)
+        threading.Event().wait()
