@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 PRESET ?= demo
-# ../shared/data is the local mirror of the public data files (see maga_core/resources/data_manifests/).
+# ../shared/data is the local mirror of the public data files (see data_manifests/).
 export MAGA_DATA_DIR ?= $(abspath ../shared/data)
 export MAGA_REFERENCE_DIR ?= $(abspath ../shared/reference)
 WHEEL_VENV ?= /tmp/maga-wheel-check
@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 book: install
-	$(BIN)/python -m maga_core.book --preset $(PRESET)
+	$(BIN)/python -m maga.book.build --preset $(PRESET)
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -81,7 +81,7 @@ def _isolated_runs(tmp_path_factory, monkeypatch):
 def smoke_book(tmp_path_factory):
     """Every chapter executed once with the smoke preset (papermill) into a copy of book/, then built to
     HTML. Chapter tests inspect these executed notebooks and their runs folder instead of re-running them."""
-    from maga_core import book
+    from maga.book import build as book
 
     root = tmp_path_factory.mktemp("book")
     target = root / "book"

@@ -15,7 +15,9 @@ import numpy as np
 import plotly.io as pio
 import pytest
 
-from maga_core import book, presets, summary, viz
+from maga import records
+from maga.book import build as book, summary, viz
+from maga import presets
 from maga_core.errors import MagaError
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -48,7 +50,7 @@ def test_runs_folder_is_explicit_and_separates_presets(reference_file, tmp_path,
     assert (demo["runs"], smoke["runs"]) == (tmp_path / "demo", tmp_path / "smoke")
     assert presets.resolve("00_introduction", "smoke", runs=tmp_path / "mine")["runs"] == tmp_path / "mine"
     # Resolving another preset later changes nothing for a caller that holds its runs folder.
-    summary.save_results("00_x", {}, runs=demo["runs"])
+    records.save_results("00_x", {}, runs=demo["runs"])
     assert (tmp_path / "demo" / "results" / "00_x.json").is_file() and not (tmp_path / "smoke").exists()
     assert json.loads((tmp_path / "demo" / "results" / "00_x.json").read_text())["preset"] == "demo"
 
@@ -73,13 +75,13 @@ def test_chapter_follows_conventions(path):
     assert re.search(r'^preset = "demo"', params[0].source, re.M), 'the parameters cell sets preset = "demo"'
     assert any(f'resolve("{path.stem}", preset' in c.source for c in code), \
         f'a cell calls presets.resolve("{path.stem}", preset, ...)'
-    assert path.stem in presets.load_table(), f"maga_core/resources/presets.yaml has no block {path.stem!r}"
+    assert path.stem in presets.load_table(), f"maga/presets.yaml has no block {path.stem!r}"
 
 
 def test_committed_toc_lists_every_chapter():
     expected = book.toc_yaml([p.stem for p in CHAPTERS])
     assert (book.BOOK_DIR / "_toc.yml").read_text() == expected, \
-        "book/_toc.yml is stale: run `python -m maga_core.book --sync-toc`"
+        "book/_toc.yml is stale: run `python -m maga.book.build --sync-toc`"
 
 
 def test_only_selects_by_number_and_rejects_unknown():
@@ -167,8 +169,8 @@ def test_results_are_shown_next_to_the_paper_or_not_run(reference_file, tmp_path
     reference_file("paper_results.yaml")
     runs = tmp_path / "smoke"
     with pytest.raises(MagaError, match="not in paper_results.yaml: tcga_nsclc_subtyping.auc.made_up"):
-        summary.save_results("04_x", {"tcga_nsclc_subtyping": {"auc": {"made_up": 0.5}}}, runs=runs)
-    summary.save_results("04_x", {"tcga_nsclc_subtyping": {"auc": {"clam_5x": {"mean": 0.7, "ci": [0.6, 0.8]}}}},
+        records.save_results("04_x", {"tcga_nsclc_subtyping": {"auc": {"made_up": 0.5}}}, runs=runs)
+    records.save_results("04_x", {"tcga_nsclc_subtyping": {"auc": {"clam_5x": {"mean": 0.7, "ci": [0.6, 0.8]}}}},
                          notes={"tcga_nsclc_subtyping": "mosaics", "tcga_nsclc_subtyping.auc": "10-fold CV"},
                          runs=runs)
     table = summary.comparison(runs)
@@ -183,7 +185,7 @@ def test_results_are_shown_next_to_the_paper_or_not_run(reference_file, tmp_path
     assert untimed.note == summary.NOT_RUN_REASONS["tcga_nsclc_subtyping"]
     assert summary.coverage(table)["reproduced"] == 1
     # A figure measured by two chapters is shown once per chapter and counted once.
-    summary.save_results("08_y", {"tcga_nsclc_subtyping": {"auc": {"clam_5x": 0.75}}}, runs=runs)
+    records.save_results("08_y", {"tcga_nsclc_subtyping": {"auc": {"clam_5x": 0.75}}}, runs=runs)
     table = summary.comparison(runs)
     rows = table[table.figure == "auc.clam_5x"]
     assert list(rows.chapter) == ["04_x", "08_y"] and list(rows.ours) == ["0.7", "0.75"]
@@ -289,7 +291,7 @@ def test_built_chapter_draws_plotly_figures_offline(smoke_book, tmp_path):
 # --- explorer ---------------------------------------------------------------------------------------------
 
 def _toy_slide() -> "explorer.SlideFeatures":
-    from maga_core import explorer
+    from maga.book import explorer
 
     rng = np.random.default_rng(1)
     coords = np.array([[x, y] for y in range(0, 768, 256) for x in range(0, 512, 256)])  # 3 rows x 2 cols
@@ -301,7 +303,7 @@ def _toy_slide() -> "explorer.SlideFeatures":
 
 
 def test_explorer_similarities_and_static_slider():
-    from maga_core import explorer
+    from maga.book import explorer
 
     s = _toy_slide()
     assert np.allclose(s.alignment("20x"), 1.0)
@@ -319,7 +321,7 @@ def test_explorer_similarities_and_static_slider():
 
 
 def test_explorer_widget_redraws_on_every_control(monkeypatch):
-    from maga_core import explorer
+    from maga.book import explorer
 
     drawn = []
     monkeypatch.setattr(explorer, "panel_figure", lambda s, i, v: drawn.append((s.name, i, v)) or None)

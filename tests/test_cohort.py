@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from maga_core.errors import MagaError
-from maga_core.mil.cohort import CohortConfig, build_cohort, ensure_cohort, plan_cohort
+from maga.experiments.tile_slides import CohortConfig, build_cohort, ensure_cohort, plan_cohort
 
 pytestmark = pytest.mark.usefixtures("lc25000")
 
@@ -100,7 +100,7 @@ def test_slides_reopen_with_lesion_tiles_where_the_manifest_says(tmp_path):
     ("cohort_camelyon16", "metastasis", 399, None),
 ])
 def test_upstream_cohorts_give_labels_and_disjoint_folds(name, task, n_cases, counts, reference_file):
-    from maga_core.data.cohorts import load_upstream
+    from maga.cohorts import load_upstream
 
     reference_file("upstream_splits/PROVENANCE.md")
     c = load_upstream(name, task)
@@ -121,8 +121,8 @@ def test_upstream_cohorts_give_labels_and_disjoint_folds(name, task, n_cases, co
 
 def test_leak_check_refuses_test_slides_with_tiles_seen_in_training():
     from maga_core.data.tiles import tile_table
-    from maga_core.maga.tilesource import resolve_tiles
-    from maga_core.mil.cohort import LC25000, check_leaks
+    from maga_core.align.tilesource import resolve_tiles
+    from maga.experiments.tile_slides import LC25000, check_leaks
 
     cfg = CohortConfig(n_patients=6, slides_per_patient=1, folds=3, grid=5)
     _, tiles = plan_cohort(cfg)

@@ -11,11 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maga_core import cli, summary
-from maga_core.cohort_run import MODELS, CohortRunConfig, case_of, run_cohort
+from maga import cli
+from maga.book import summary
+from maga.cohort_pipeline import MODELS, CohortRunConfig, case_of, run_cohort
 from maga_core.errors import MagaError
 from maga_core.data.features import read_features
-from maga_core.slides.generator import generate_slide
+from maga.slide_tools.generator import generate_slide
 
 N_CASES, N_FOLDS = 6, 3
 CASES = [f"TCGA-AA-{i:04d}" for i in range(N_CASES)]
@@ -58,7 +59,7 @@ def small_cohort(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_student(tmp_path_factory):
-    from maga_core.maga.train import AlignConfig, train
+    from maga_core.align.train import AlignConfig, train
 
     out = tmp_path_factory.mktemp("student") / "student.pt"
     return train(AlignConfig(tiles=["lc25000_lung_224_dedup:train"], tile_mpp=0.5, max_tiles=8, epochs=1,

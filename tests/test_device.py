@@ -13,7 +13,7 @@ import torch
 
 from maga_core import device
 from maga_core.errors import MagaError
-from maga_core.extract import ExtractConfig, extract_batch, load_model
+from maga.extract import ExtractConfig, extract_batch, load_model
 from maga_core.slides import aligned_grid, detect_tissue, open_slide, read_patch
 
 # Relative L2 error of bf16-autocast features against fp32 ones on real patches (bf16 keeps 8 bits of
@@ -80,7 +80,7 @@ def test_extract_records_device_and_precision(tmp_path, cmu):
 
 
 def test_e2e_precision_resolution():
-    from maga_core.e2e.train import E2EConfig, resolve_runtime
+    from maga.e2e.train import E2EConfig, resolve_runtime
 
     cpu = resolve_runtime(E2EConfig(device="cpu"))
     assert (cpu.device, cpu.precision, cpu.amp) == ("cpu", "fp32", False)

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from maga_core import cli
-from maga_core.distill.losses import LOSSES, get_loss
-from maga_core.distill.measure import count_params, flops_per_tile, measure_run
-from maga_core.distill.robustness import robustness_curve, robustness_index
+from maga import cli
+from maga.distill.losses import LOSSES, get_loss
+from maga.distill.measure import count_params, flops_per_tile, measure_run
+from maga.distill.robustness import robustness_curve, robustness_index
 from maga_core.encoders import build
-from maga_core.distill.train import DistillConfig, distill
+from maga.distill.train import DistillConfig, distill
 from maga_core.errors import MagaError
 
 
@@ -105,7 +105,7 @@ def test_distillation_loss_goes_down_on_real_tiles_and_the_checkpoint_is_an_enco
 
 
 def test_distillation_is_deterministic_and_resumes_after_a_cut(real_tiles, tmp_path, monkeypatch):
-    import maga_core.distill.train as train
+    import maga.distill.train as train
 
     cfg = DistillConfig(max_tiles=8, epochs=2, batch_size=4, teacher_px=64, input_px=48)
     whole = distill(cfg, tmp_path / "a.pt", progress=False)

@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from maga_core.e2e.data import BagDataset, TileBag
-from maga_core.e2e.sampling import epoch_order, part_slice, sample_tiles, split_counts
-from maga_core.e2e.train import E2EConfig, train
+from maga.e2e.data import BagDataset, TileBag
+from maga.e2e.sampling import epoch_order, part_slice, sample_tiles, split_counts
+from maga.e2e.train import E2EConfig, train
 from maga_core.errors import MagaError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def equivalence(tcga_bags):
     EfficientNet-Lite0 at 5x. BatchNorm of the encoder uses its running statistics (bn='frozen'): in
     train mode each rank would normalise its share by its own batch statistics and the schemes would
     legitimately differ."""
-    from maga_core.e2e.distributed import check_equivalence_dtypes
+    from maga.e2e.distributed import check_equivalence_dtypes
 
     cfg = E2EConfig(encoder="efficientnet_lite0", aggregator="gltrans", k=7, mag=5, px=64, seed=1)
     out = check_equivalence_dtypes(cfg, BagDataset(tcga_bags, k=7, mag=5, px=64, seed=1), ("float64", "float32"))
@@ -167,10 +167,10 @@ def test_cli_under_torchrun_and_bad_input(data_file, tmp_path):
     (tmp_path / "labels.csv").write_text("slide,label\na,0\nb,1\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "run"
-    from maga_core.e2e.distributed import free_port
+    from maga.e2e.distributed import free_port
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "3", "--master-port", str(free_port()),
-           "-m", "maga_core.cli", "e2e", "--encoder", "efficientnet_lite0", "--aggregator", "abmil", "--k", "4",
+           "-m", "maga.cli", "e2e", "--encoder", "efficientnet_lite0", "--aggregator", "abmil", "--k", "4",
            "--slides", str(tmp_path / "a.svs"), str(tmp_path / "b.svs"), "--labels", str(tmp_path / "labels.csv"),
            "--max-steps", "2", "--out", str(out)]
     # Own process group: if anything hangs, the workers torchrun started are killed with it.
@@ -186,7 +186,7 @@ def test_cli_under_torchrun_and_bad_input(data_file, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["history"]) == 2 and (out / "encoder.pt").is_file()
 
-    bad = subprocess.run([sys.executable, "-m", "maga_core.cli", "e2e", "--slides", str(tmp_path / "missing.svs"),
+    bad = subprocess.run([sys.executable, "-m", "maga.cli", "e2e", "--slides", str(tmp_path / "missing.svs"),
                           "--labels", str(tmp_path / "labels.csv"), "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert bad.returncode == 2

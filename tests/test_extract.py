@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from maga_core import cli
+from maga import cli
 from maga_core.data.features import feature_writer, read_features, write_features
 from maga_core.errors import MagaError
-from maga_core.extract import (ExtractConfig, embed, extract_batch, extract_slide, extract_tiles, load_model,
+from maga.extract import (ExtractConfig, embed, extract_batch, extract_slide, extract_tiles, load_model,
                                one_line_cause, plan)
 from maga_core.slides import aligned_grid, detect_tissue, open_slide, read_patch
 
@@ -110,7 +110,7 @@ def test_tile_folder_resampled_to_magnification(tmp_path, tile_folder, model_5x)
 
 
 def test_student_brings_its_magnification_pipeline_and_sha(tmp_path, tile_folder):
-    from maga_core.maga import AlignConfig, train
+    from maga_core.align import AlignConfig, train
     from maga_core.encoders.registry import file_sha256
 
     ckpt = train(AlignConfig(teacher=ENCODER, mag=5, mode="native", tiles=[str(tile_folder)], tile_mpp=0.5,
@@ -215,7 +215,7 @@ def test_sharding_by_rank_over_two_gloo_processes(tmp_path, cmu):
 
 def test_bench_extract_reports_every_field(tmp_path, capsys):
     """Schema only (timings are not asserted): a tiny generated slide, one encoder, short timings."""
-    from maga_core.bench import discover
+    from maga.bench.registry import discover
 
     assert "extract" in discover()
     rc = cli.main(["bench", "extract", "--json", "--size", "1024", "--encoders", ENCODER, "--repeats", "1",
@@ -240,7 +240,7 @@ def test_upsampled_encoder_sees_its_low_magnification_patch_at_full_size(model_5
     """The 5x-upsampled baseline: 64 px patches resized (bilinear) to 256 px before the teacher."""
     import torch.nn.functional as F
 
-    from maga_core.extract import upsampled
+    from maga.extract import upsampled
 
     up = upsampled(model_5x, 256)
     patches = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maga_core.extract import SlidePatches
+from maga.extract import SlidePatches
 from maga_core.slides import aligned_grid, detect_tissue, open_slide
 
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
-    from maga_core.slides.generator import generate_slide
+    from maga.slide_tools.generator import generate_slide
 
     return generate_slide(tmp_path_factory.mktemp("rows") / "s.tif", 1536, 1024, seed=3, tissue_fraction=0.8,
                           pool_size=6)

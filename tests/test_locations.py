@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from maga_core import locations, presets
-from maga_core.commands import doctor
+from maga_core import locations
+from maga import presets
+from maga.commands import doctor
 from maga_core.data import manifests
 from maga_core.errors import MagaError
 
@@ -98,9 +99,9 @@ def test_runs_root_outside_a_checkout_is_the_current_directory(fake_checkout, tm
 
 
 def test_student_and_experiment_folders_follow_the_runs_folder_given(tmp_path):
-    from maga_core.maga.ensure import student_path
-    from maga_core.maga.train import AlignConfig
-    from maga_core.mil.experiment import ExperimentConfig, default_root
+    from maga.alignment.ensure import student_path
+    from maga_core.align.train import AlignConfig
+    from maga.experiments.mil import ExperimentConfig, default_root
 
     presets.resolve("00_introduction", "demo")  # resolving another preset must not matter
     cfg = AlignConfig(teacher="efficientnet_lite0", mag=5.0, mode="native", tiles=["x:train"])
@@ -110,15 +111,22 @@ def test_student_and_experiment_folders_follow_the_runs_folder_given(tmp_path):
 
 
 def test_manifests_and_presets_are_package_data():
-    package = ROOT / "maga_core"
-    assert Path(str(manifests.manifest_dir())).is_relative_to(package)
-    assert Path(str(presets.PRESETS_FILE)).is_relative_to(package)
+    """data_manifests/ at the top of the checkout is the one source; the wheel carries it as the package
+    maga_core.data_manifests (package-dir), and the presets as maga/presets.yaml."""
+    assert Path(str(manifests.manifest_dir())) == ROOT / "data_manifests"
+    assert Path(str(presets.PRESETS_FILE)).is_relative_to(ROOT / "maga")
     assert len(manifests.names()) >= 4 and "00_introduction" in presets.load_table()
-    # Every shipped resource is matched by a package-data pattern, so the wheel carries it.
-    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["maga_core"]
-    shipped = {p for pat in patterns for p in package.glob(pat)}
-    resources = {p for p in (package / "resources").rglob("*") if p.is_file()}
-    assert resources and resources <= shipped, sorted(resources - shipped)
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["package-dir"]["maga_core.data_manifests"] == "data_manifests"
+    data = setuptools["package-data"]
+    shipped = {p for pat in data["maga_core.data_manifests"] for p in (ROOT / "data_manifests").glob(pat)}
+    shipped |= {p for pat in data["maga"] for p in (ROOT / "maga").glob(pat)}
+    files = {p for p in (ROOT / "data_manifests").rglob("*") if p.is_file()} | {ROOT / "maga" / "presets.yaml"}
+    assert files <= shipped, sorted(files - shipped)
+    # Every package folder is listed, so none is left out of the wheel.
+    packages = {".".join(p.parent.relative_to(ROOT).parts) for top in ("maga_core", "maga")
+                for p in (ROOT / top).rglob("__init__.py")}
+    assert packages | {"maga_core.data_manifests"} == set(setuptools["packages"])
 
 
 def test_real_mirror_found_through_the_config_file(data_file, tmp_path, monkeypatch):

@@ -9,9 +9,9 @@ import torch
 
 from maga_core import encoders
 from maga_core.errors import MagaError
-from maga_core.maga import (AlignConfig, InputPipeline, MagaLoss, load_student, low_mag_view, resolve_weights, train,
+from maga_core.align import (AlignConfig, InputPipeline, MagaLoss, load_student, low_mag_view, resolve_weights, train,
                              view_at_mag)
-from maga_core.maga.tilesource import read_tile, resolve_tiles
+from maga_core.align.tilesource import read_tile, resolve_tiles
 
 TCGA_TRAIN = "uni_tcga_luadlusc:train"
 
@@ -89,8 +89,8 @@ def test_training_and_extraction_see_the_same_pixels(tmp_path):
     """Same bytes in, same tensor out: a tile's 20x and 5x views, and the student's input tensor, are
     identical whether made by the trainer (TileViews + its pipeline) or by `maga extract` on a tile folder
     (TileImages + the checkpoint's pipeline)."""
-    from maga_core.extract import TileImages, load_model
-    from maga_core.maga.train import TileViews, make_pipeline
+    from maga.extract import TileImages, load_model
+    from maga_core.align.train import TileViews, make_pipeline
 
     paths = resolve_tiles(["lc25000_lung_224_dedup:test"], max_tiles=3, seed=0)  # 224 px tiles
     cfg = AlignConfig(tiles=["lc25000_lung_224_dedup:test"], tile_mpp=0.5, max_tiles=3, epochs=1, batch_size=3,
@@ -139,7 +139,7 @@ def test_dihedral_augment_transforms_both_views_alike(real_tile):
     """Each of the 8 symmetries gives a different image, and transforming the tile then taking the 5x view
     equals taking the view then transforming it (to one grey level: PIL's box filter rounds its two passes
     in a fixed order): the teacher's targets match what the student sees."""
-    from maga_core.maga.train import AUGMENTS, _transform
+    from maga_core.align.train import AUGMENTS, _transform
 
     assert len(AUGMENTS["dihedral"]) == 8 and set(AUGMENTS["flips"]) < set(AUGMENTS["dihedral"])
     images = {_transform(real_tile, how).tobytes() for how in AUGMENTS["dihedral"]}
@@ -151,7 +151,7 @@ def test_dihedral_augment_transforms_both_views_alike(real_tile):
 
 def test_align_cli_leaves_training_defaults_to_alignconfig():
     """`maga align` without options trains with AlignConfig's defaults (the ones chosen by maga.select)."""
-    from maga_core.cli import build_parser
+    from maga.cli import build_parser
 
     args = build_parser().parse_args(["align", "--tiles", TCGA_TRAIN, "--out", "x.pt"])
     assert all(getattr(args, k) is None for k in ("epochs", "batch_size", "seed", "lr", "augment"))
@@ -159,7 +159,7 @@ def test_align_cli_leaves_training_defaults_to_alignconfig():
 
 def test_selection_scores_candidates_on_validation_folds_only(tmp_path):
     """A tiny `maga bench maga-select`: students train on fitK and are probed on valK of both tasks."""
-    from maga_core.maga.select import run_selection
+    from maga.alignment.select import run_selection
 
     r = run_selection(tmp_path, {"a": {"epochs": 1}, "b": {"epochs": 1, "augment": "none"}}, folds=1,
                       progress=False, max_train_tiles=8, max_tiles_per_class=4, n_boot=20)
@@ -182,9 +182,9 @@ def test_real_alignment_run_freezes_batchnorm_and_brings_heldout_5x_features_to_
     than the teacher's own 5x features are."""
     import importlib
 
-    from maga_core.maga.probe import cosine, encode
+    from maga.alignment.probe import cosine, encode
 
-    maga_train = importlib.import_module("maga_core.maga.train")  # the module (the package exports train())
+    maga_train = importlib.import_module("maga_core.align.train")  # the module (the package exports train())
     built = []
     monkeypatch.setattr(maga_train, "build", lambda *a, **k: built.append(encoders.build(*a, **k)) or built[-1])
     fresh = encoders.build("efficientnet_lite0")
@@ -211,7 +211,7 @@ def test_real_alignment_run_freezes_batchnorm_and_brings_heldout_5x_features_to_
 
 
 def test_interrupted_run_resumes_to_identical_weights(tmp_path):
-    from maga_core.cli import main
+    from maga.cli import main
 
     full = tmp_path / "full.pt"
     assert main(["align", "--teacher", "efficientnet_lite0", "--mag", "5", "--mode", "native", "--tiles", TCGA_TRAIN,

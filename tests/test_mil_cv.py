@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from maga_core.cli import main
+from maga.cli import main
 from maga_core.errors import MagaError
 from maga_core.mil.cv import CVConfig, check_splits, make_splits, read_labels, run_cv
 from maga_core.mil.train import (SIZE_CLASS_RATIO, Bag, TrainConfig, bag_batches, batch_loss, build_optimizer,
@@ -213,8 +213,8 @@ def test_bad_labels_file_is_one_clear_error(tmp_path, capsys):
 def real_features(tmp_path_factory, data_file):
     """A tiny real-tile cohort (6 slides, 3 folds) and its efficientnet_lite0 features at 5x."""
     data_file("lc25000_lung_224_dedup", "lung_n/lungn1.jpeg")
-    from maga_core.extract import ExtractConfig, extract_batch
-    from maga_core.mil.cohort import CohortConfig, build_cohort
+    from maga.extract import ExtractConfig, extract_batch
+    from maga.experiments.tile_slides import CohortConfig, build_cohort
 
     root = tmp_path_factory.mktemp("mil_real")
     cohort = build_cohort(CohortConfig(task="lesion", n_patients=6, slides_per_patient=1, folds=3, grid=5,
@@ -264,7 +264,7 @@ def test_short_real_cv_run_writes_tidy_results(real_features, tmp_path, capsys):
 
 
 def test_summary_figures_carry_the_paper_keys_and_maga_gain(reference_file):
-    from maga_core.mil.experiment import ExperimentConfig, summary_figures
+    from maga.experiments.mil import ExperimentConfig, summary_figures
 
     reference_file("paper_results.yaml")
     cfg = ExperimentConfig.from_dict({"cohort": {"task": "lesion", "folds": 10}, "models": ["transmil", "gltrans"],
@@ -297,7 +297,7 @@ def test_candidate_settings_are_chosen_on_validation_only(real_features, tmp_pat
 
 
 def test_experiment_model_names_carry_placement_and_clam_subtyping():
-    from maga_core.mil.experiment import ExperimentConfig, train_overrides
+    from maga.experiments.mil import ExperimentConfig, train_overrides
 
     cfg = ExperimentConfig.from_dict({"cohort": {"task": "subtype"}, "models": ["gltrans", "gltrans@coords", "clam_sb"],
                                       "train": {"gltrans": {"model_kw": {"dim": 64}}}})
@@ -309,7 +309,7 @@ def test_experiment_model_names_carry_placement_and_clam_subtyping():
 
 
 def test_cross_validations_side_by_side_equal_one_at_a_time(real_features, tmp_path):
-    from maga_core.mil.experiment import _run_all
+    from maga.experiments.mil import _run_all
 
     cohort, features = real_features
     def configs(where):

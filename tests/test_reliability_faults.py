@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from maga_core.reliability.corrupt import damage_tiles, truncated_copy
-from maga_core.reliability.kills import child_env, maga_argv
-from maga_core.reliability.limits import preexec
-from maga_core.reliability.scenarios import ENCODER, make_bags, make_slides
+from maga.reliability.corrupt import damage_tiles, truncated_copy
+from maga.reliability.kills import child_env, maga_argv
+from maga.reliability.limits import preexec
+from maga.reliability.scenarios import ENCODER, make_bags, make_slides
 
 pytestmark = pytest.mark.timeout(300)
 EXTRACT = ["--encoder", ENCODER, "--mag", "5", "--workers", "0", "--no-progress", "--device", "cpu"]
@@ -101,7 +101,7 @@ def test_full_disk_stops_with_one_line_and_keeps_previous_results(slides, tmp_pa
 def test_read_only_output_folder_stops_with_one_line(slides, tmp_path):
     out = tmp_path / "read_only"
     out.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "maga_core.reliability.readonly", str(out),
+    proc = subprocess.run([sys.executable, "-m", "maga.reliability.readonly", str(out),
                            "extract", *EXTRACT, "--input", str(slides), "--out", str(out)],
                           env=child_env(), capture_output=True, text=True, timeout=240)
     err = one_line_error(proc, "extract")

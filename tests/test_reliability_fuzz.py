@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 
 from maga_core.config import load_config
 from maga_core.errors import MagaError
-from maga_core.extract import ExtractConfig
+from maga.extract import ExtractConfig
 from maga_core.mil.cv import read_labels, read_splits
-from maga_core.reliability.fuzz import KINDS, MEMORY_CAP, FuzzStats, Worker, fuzz_case, mutate
-from maga_core.reliability.kills import child_env, maga_argv
-from maga_core.reliability.scenarios import make_slides
+from maga.reliability.fuzz import KINDS, MEMORY_CAP, FuzzStats, Worker, fuzz_case, mutate
+from maga.reliability.kills import child_env, maga_argv
+from maga.reliability.scenarios import make_slides
 
 pytestmark = pytest.mark.timeout(600)
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)

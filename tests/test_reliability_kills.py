@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from maga_core.reliability.kills import kill_and_resume, kill_at_first_write
-from maga_core.reliability.scenarios import reference, scenarios
+from maga.reliability.kills import kill_and_resume, kill_at_first_write
+from maga.reliability.scenarios import reference, scenarios
 
 pytestmark = pytest.mark.timeout(600)
 

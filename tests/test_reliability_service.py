@@ -12,8 +12,8 @@ import time
 import httpx
 import pytest
 
-from maga_core.reliability.service import InfoAnalyzer, load, raw_request, request_head
-from maga_core.telepath.server import ServeConfig, ServerThread, create_app
+from maga.reliability.service import InfoAnalyzer, load, raw_request, request_head
+from maga.telepath.server import ServeConfig, ServerThread, create_app
 
 pytestmark = pytest.mark.timeout(300)
 TOKEN = "s3cret-token"

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maga_core.cli import main
-from maga_core.slides import open_slide, read_patch, write_pyramidal_tiff
+from maga.cli import main
+from maga_core.slides import open_slide, read_patch
+from maga.slide_tools.writer import write_pyramidal_tiff
 
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from maga_core.slides import TissueConfig, aligned_grid, detect_tissue, open_slide
-from maga_core.slides.generator import generate_slide
+from maga.slide_tools.generator import generate_slide
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import numpy as np
 import openslide
 import pytest
 
-from maga_core.slides import open_slide, read_patch, write_magnifications, write_pyramidal_tiff
+from maga_core.slides import open_slide, read_patch
+from maga.slide_tools.writer import write_magnifications, write_pyramidal_tiff
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ from maga_core import mil
 from maga_core.encoders import build
 from maga_core.errors import MagaError
 from maga_core.mil.train import TrainConfig, save_checkpoint
-from maga_core.telepath.client import CHUNK, TokenBucket, send, upload
-from maga_core.telepath.pipeline import ServiceModel, SlideAnalyzer, save_service_model
-from maga_core.telepath.server import ServeConfig, ServerThread, create_app
-from maga_core.telepath.study import FROZEN_ASSUMED_MPP as FROZEN_MPP  # the copy carries no MPP
+from maga.telepath.client import CHUNK, TokenBucket, send, upload
+from maga.telepath.pipeline import ServiceModel, SlideAnalyzer, save_service_model
+from maga.telepath.server import ServeConfig, ServerThread, create_app
+from maga.telepath.study import FROZEN_ASSUMED_MPP as FROZEN_MPP  # the copy carries no MPP
 
 TOKEN = "test-token"
 LIMIT = 20 * 1024**2

@@ -1,4 +1,4 @@
-"""Regenerate maga_core/resources/data_manifests/*.yaml from a local mirror of the public files
+"""Regenerate data_manifests/*.yaml from a local mirror of the public files
 (a maintainer's tool).
 
 usage: python tools/build_manifests.py MIRROR_DATA_DIR REFERENCE_DIR

@@ -20,7 +20,7 @@ if [ "$KIND" = cuda ]; then DEF_SIZE=12288 DEF_SLIDES=8 DEF_TILES=512; else DEF_
 SIZE=${SIZE:-$DEF_SIZE}; SLIDES=${SLIDES:-$DEF_SLIDES}; TILES=${TILES:-$DEF_TILES}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/maga-device-check.XXXXXX")
 [ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$WORK"' EXIT
-maga() { "$PY" -m maga_core.cli "$@"; }
+maga() { "$PY" -m maga.cli "$@"; }
 now() { "$PY" -c 'import time; print(time.time())'; }
 log() { echo "device_check: $*" >&2; }
 

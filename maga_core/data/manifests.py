@@ -6,7 +6,7 @@ checked.
 A file that is neither there nor in the cache is an error naming the variable to set, unless
 `MAGA_DOWNLOAD=1`: then pooch downloads the public file into the cache, checks the hash, and only then
 moves it into place, so a mismatch leaves nothing behind. The manifests ship inside the package
-(`maga_core/resources/data_manifests/`), so an installed wheel reads them too.
+(`data_manifests/`), so an installed wheel reads them too.
 """
 
 from __future__ import annotations
@@ -26,10 +26,16 @@ from maga_core.config import file_sha256 as sha256_of
 from maga_core.errors import MagaError
 
 
+CHECKOUT_MANIFESTS = Path(__file__).resolve().parents[2] / "data_manifests"
+
+
 def manifest_dir() -> Traversable:
-    """The manifests shipped with the package; `MAGA_MANIFEST_DIR` replaces them (tests use it)."""
+    """The manifests: `data_manifests/` at the top of a checkout (the one source), else the copy the
+    wheel ships as `maga_core/data_manifests`; `MAGA_MANIFEST_DIR` replaces them (tests use it)."""
     override = os.environ.get("MAGA_MANIFEST_DIR")
-    return Path(override) if override else files("maga_core") / "resources" / "data_manifests"
+    if override:
+        return Path(override)
+    return CHECKOUT_MANIFESTS if CHECKOUT_MANIFESTS.is_dir() else files("maga_core") / "data_manifests"
 
 
 def data_dir() -> Path | None:

@@ -9,7 +9,7 @@ seeded random initialisation: the undistilled baseline is exactly that initialis
 
 Two registry entries are added (`encoders.register`), both built by this module (its `build` is a
 registry family function): `mobilenetv2_050` (architecture, random init, or a distilled checkpoint) and
-`distilled` (a checkpoint written by `maga_core.distill.train`; `weights=` is its path), so a distilled
+`distilled` (a checkpoint written by `maga.distill.train`; `weights=` is its path), so a distilled
 student is an encoder everywhere (extraction, MAGA, MIL) through `encoders.build`.
 """
 

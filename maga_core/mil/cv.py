@@ -4,7 +4,7 @@ Splits follow the paper (80/10/10 for k = 10): patients are dealt into k folds, 
 grouped by patient (a patient's slides never straddle two sets); fold f tests on part f, validates on
 part f+1 (mod k) and trains on the rest. Folds may also come from a cohort manifest (a `fold` column in
 the labels file, e.g. the real-tile cohort, whose folds keep near-duplicate clusters apart) or from a
-splits file (e.g. the upstream study's lists, `maga_core.data.cohorts`).
+splits file (e.g. the upstream study's lists, `maga.cohorts`).
 
 Results are tidy files the book reads: predictions.csv (one row per test slide per fold),
 fold_metrics.csv (one row per fold and metric, with a bootstrap CI), bootstrap.csv (the resampled AUCs

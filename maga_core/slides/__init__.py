@@ -1,6 +1,6 @@
 """Slides: one reader interface over OpenSlide / tifffile / plain images, magnification as MPP,
-tissue detection, the aligned multi-magnification grid, patch reading, per-magnification writing
-and a generator of large test slides."""
+tissue detection, the aligned multi-magnification grid and patch reading. (Writing slides, tiling and
+the test-slide generator are tools of the application: `maga.slide_tools`.)"""
 
 from maga_core.slides.magnification import (
     MAG_TO_MPP,
@@ -12,18 +12,16 @@ from maga_core.slides.magnification import (
     parse_mags,
     patch_px_for_mag,
 )
-from maga_core.slides.generator import SlideSpec, generate_slide
 from maga_core.slides.patch_grid import DEFAULT_MAGS, aligned_grid, level0_square_side
 from maga_core.slides.patches import level0_extent, read_patch, read_scaled, rescale
-from maga_core.slides.reader import SlideReader, open_slide
+from maga_core.slides.opener import open_slide
+from maga_core.slides.reader import SlideReader
 from maga_core.slides.tissue import TissueConfig, TissueMask, detect_tissue, overlay, plot_tissue
-from maga_core.slides.writer import write_at_magnification, write_magnifications, write_pyramidal_tiff
 
 __all__ = [
     "DEFAULT_MAGS", "TissueConfig", "TissueMask", "aligned_grid", "detect_tissue", "overlay",
-    "plot_tissue", "level0_square_side", "SlideSpec", "generate_slide",
+    "plot_tissue", "level0_square_side",
     "MAG_TO_MPP", "PATCH_PX", "Resolution", "SlideReader", "format_mag",
     "level0_extent", "mag_for_mpp", "mpp_for_mag", "open_slide", "parse_mags", "patch_px_for_mag",
-    "read_patch", "read_scaled", "rescale", "write_at_magnification", "write_magnifications",
-    "write_pyramidal_tiff",
+    "read_patch", "read_scaled", "rescale",
 ]

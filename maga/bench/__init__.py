@@ -1,0 +1,1 @@
+"""`maga bench ...`: the registry (`registry`) and one module per benchmark below it."""

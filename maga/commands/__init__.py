@@ -1,0 +1,1 @@
+"""CLI subcommands, one module each, discovered by maga.cli (each exposes `register`)."""

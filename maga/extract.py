@@ -1,0 +1,455 @@
+"""Feature extraction at scale: a slide, a folder of slides (one HDF5 per slide) or a folder of tiles
+(one HDF5), with an encoder at a magnification or a MAGA student at its own input magnification.
+
+Reading overlaps compute: DataLoader workers read and preprocess patches (each worker opens the slide
+itself, since OpenSlide handles do not cross processes) while the main process runs the network under
+inference mode, channels-last; features stream into the HDF5, so memory stays at a few batches on a
+gigapixel slide. A batch is resumable (outputs are renamed into place only when whole,
+and existing ones are skipped), survives bad slides (logged, skipped, listed at the end), and is
+sharded by torch.distributed rank when started with torchrun (each rank writes only its own slides).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from maga_core.config import save_config, write_json
+from maga_core.data.features import INPUT_KINDS, feature_writer
+from maga_core.device import Runtime, inference, resolve
+from maga_core.errors import MagaError, output_error
+from maga_core.align.views import view_at_mag
+from maga_core.slides import aligned_grid, detect_tissue, level0_extent, open_slide, patch_px_for_mag, read_patch
+
+log = logging.getLogger(__name__)
+
+# Files a slide folder is searched for (OpenSlide formats and pyramidal TIFF). Plain images are tiles.
+SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".svslide", ".bif", ".tif", ".tiff"}
+TILE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+H5_SUFFIXES = {".h5", ".hdf5"}
+REPORT = "extract_report.json"
+
+
+def default_workers() -> int:
+    """Half the cores (the other half runs the network), at least one reader, at most eight."""
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+@dataclass
+class ExtractConfig:
+    encoder: str
+    input: str
+    out: str
+    mag: float | None = None  # None: the student's input magnification (an encoder needs one)
+    student: str | None = None  # MAGA student checkpoint; its input pipeline replaces the encoder's
+    upsample_px: int | None = None  # encoder only: patches resized (bilinear) to this side first, e.g. 5x -> 256 px
+    weights: str | None = None  # encoder weights: None default source, a path, or "random"
+    mpp: float | None = None  # slides: level-0 MPP override; tiles: the tiles' MPP (required)
+    input_kind: str = "auto"  # auto | slides | tiles
+    batch_size: int | None = None  # None: 32 at 256 px, scaled by pixel count (512 at 64 px)
+    num_workers: int = field(default_factory=default_workers)
+    channels_last: bool = True
+    min_tissue: float = 0.5
+    progress: bool = True
+    device: str = "auto"  # auto | cpu | cuda[:N] | mps; saved resolved (maga_core.device)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast); saved resolved
+
+
+@dataclass
+class FeatureModel:
+    """A network plus exactly the input it expects: magnification, patch side and preprocessing."""
+
+    module: torch.nn.Module
+    preprocess: Callable[[np.ndarray], torch.Tensor]  # uint8 [B,H,W,3] -> normalized [B,3,h,w]
+    mag: float
+    patch_px: int
+    encoder: str
+    student_sha256: str = ""
+    channels_last: bool = True
+    runtime: Runtime = field(default_factory=Runtime)
+
+    def __post_init__(self) -> None:
+        self.module.eval().to(self.runtime.device)
+        if self.channels_last:
+            self.module.to(memory_format=torch.channels_last)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of a preprocessed batch (on any device), as float32 on the model's device."""
+        with inference(self.runtime):
+            x = self.runtime.to(x)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return self.module(x).float()
+
+    @property
+    def dim(self) -> int:
+        return int(self.module.dim)
+
+    def attrs(self) -> dict[str, Any]:
+        return {"magnification": float(self.mag), "patch_px": int(self.patch_px), "encoder": self.encoder,
+                "student_sha256": self.student_sha256, "device": self.runtime.device,
+                "precision": self.runtime.precision}
+
+
+def load_model(encoder: str, mag: float | None = None, student: str | Path | None = None,
+               weights: str | None = None, channels_last: bool = True,
+               runtime: Runtime | None = None) -> FeatureModel:
+    """An encoder at `mag` (patches of the standard 128 um square, fed at their native size), or a
+    MAGA student at its training magnification with its training input pipeline."""
+    if student is not None:
+        from maga_core.align import load_student
+
+        net = load_student(student)
+        teacher = (getattr(net, "teacher", None) or {}).get("name", net.spec.name)
+        if encoder not in (teacher, net.spec.name):
+            raise MagaError(f"student was trained from {teacher!r}, not --encoder {encoder!r}", student)
+        if mag is not None and float(mag) != float(net.input_mag):
+            raise MagaError(f"student takes {net.input_mag:g}x patches, not --mag {mag:g}", student)
+        return FeatureModel(net, net.prepare, float(net.input_mag), int(net.input_px), encoder,
+                            net.sha256, channels_last, runtime or Runtime())
+    if mag is None:
+        raise MagaError("--mag is required without --student")
+    from maga_core.encoders import build
+
+    net = build(encoder, weights=weights)
+    return FeatureModel(net, net.transform, float(mag), patch_px_for_mag(float(mag)), encoder, "", channels_last,
+                        runtime or Runtime())
+
+
+def upsampled(model: FeatureModel, px: int) -> FeatureModel:
+    """The encoder fed its patches resized to `px` (the fair no-MAGA baseline at low magnification: the
+    teacher at the input size it was trained for), with the same resize as an upsample-mode student."""
+    from maga_core.align.student import InputPipeline
+
+    if model.student_sha256:
+        raise MagaError("upsample_px applies to a plain encoder, not to a MAGA student")
+    spec = model.module.spec
+    pipe = InputPipeline("upsample", model.patch_px, int(px), tuple(spec.mean), tuple(spec.std))
+    return dataclasses.replace(model, preprocess=pipe)
+
+
+def auto_batch_size(patch_px: int) -> int:
+    """Same pixels per batch at every magnification, so small patches do not starve the network."""
+    return int(min(512, max(1, round(32 * (256 / patch_px) ** 2))))
+
+
+class SlidePatches(Dataset):
+    """Patches of one slide at one magnification, read lazily: each worker opens its own reader.
+
+    A batch is read a row at a time (`row_reads`): neighbours of the row-major grid that lie side by
+    side on whole pixels of the pyramid level read as one region (at most `MAX_ROW` patches), which is
+    then cut; anything else (resampled patches) is read patch by patch. Same pixels either way."""
+
+    MAX_ROW = 32
+
+    def __init__(self, path: Path, coords: np.ndarray, mag: float, patch_px: int, mpp: float | None = None,
+                 row_reads: bool = True):
+        self.path, self.coords, self.mag, self.patch_px, self.mpp = Path(path), coords, mag, patch_px, mpp
+        self.row_reads = row_reads
+        self._reader = None
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    def _open(self):
+        if self._reader is None:
+            self._reader = open_slide(self.path, mpp=self.mpp)
+        return self._reader
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        x, y = self.coords[i]
+        return read_patch(self._open(), (float(x), float(y)), self.mag, self.patch_px)
+
+    def _level(self) -> tuple[int, float, float] | None:
+        """(level, its downsample, level-0 side) when patches are whole pixels of one level, else None."""
+        reader = self._open()
+        side = level0_extent(reader, self.mag, self.patch_px)
+        level = reader.best_level_for_downsample(side / self.patch_px)
+        ds = float(reader.level_downsamples[level])
+        return (level, ds, side) if abs(side / ds - self.patch_px) < 1e-9 else None
+
+    def read_rows(self, idx: Sequence[int]) -> list[np.ndarray]:
+        found = self._level() if self.row_reads else None
+        if found is None:
+            return [self[i] for i in idx]
+        level, ds, side = found
+        out: list[np.ndarray] = []
+        k = 0
+        while k < len(idx):
+            x0, y0 = (int(v) for v in self.coords[idx[k]])
+            run = 1
+            while (k + run < len(idx) and run < self.MAX_ROW and int(self.coords[idx[k + run]][1]) == y0
+                   and int(self.coords[idx[k + run]][0]) == x0 + round(run * side)):
+                run += 1
+            if run == 1 or x0 % ds or y0 % ds:
+                out.append(self[idx[k]])
+            else:
+                px = self.patch_px
+                strip = self._open().read_region((x0, y0), level, (px * run, px))
+                out += [np.ascontiguousarray(strip[:, j * px:(j + 1) * px]) for j in range(run)]
+            k += run
+        return out
+
+
+class TileImages(Dataset):
+    """Tile images at their MPP, viewed at the target magnification exactly as MAGA training views them."""
+
+    def __init__(self, paths: Sequence[Path], tile_mpp: float, mag: float):
+        self.paths, self.tile_mpp, self.mag = list(paths), float(tile_mpp), float(mag)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        try:
+            with Image.open(self.paths[i]) as im:
+                tile = np.asarray(im.convert("RGB"))
+        except OSError as exc:
+            raise MagaError(f"cannot read tile image ({exc})", self.paths[i]) from None
+        return view_at_mag(tile, self.tile_mpp, self.mag)
+
+
+class Collate:
+    """Runs in the worker: groups patches by shape, stacks and preprocesses each group."""
+
+    def __init__(self, preprocess: Callable[[np.ndarray], torch.Tensor]):
+        self.preprocess = preprocess
+
+    def __call__(self, items: list[tuple[int, np.ndarray]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for k, (_, patch) in enumerate(items):
+            groups.setdefault(patch.shape, []).append(k)
+        return [(torch.tensor([items[k][0] for k in ks]), self.preprocess(np.stack([items[k][1] for k in ks])))
+                for ks in groups.values()]
+
+
+class _Indexed(Dataset):
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray]:
+        return i, self.base[i]
+
+    def __getitems__(self, idx: list[int]) -> list[tuple[int, np.ndarray]]:
+        """A whole batch at once (DataLoader's batched fetch), so a slide can be read a row at a time."""
+        read = getattr(self.base, "read_rows", None)
+        return list(zip(idx, read(idx) if read else [self.base[i] for i in idx]))
+
+
+def embed_into(dataset: Dataset, model: FeatureModel, put: Callable[[np.ndarray, np.ndarray], None],
+               batch_size: int | None = None, num_workers: int | None = None, desc: str = "patches",
+               progress: bool = True) -> None:
+    """Run the network over every item of `dataset` (uint8 HxWx3 patches); `put(indices, features)`
+    receives each batch, so a caller can stream features to disk."""
+    n = len(dataset)  # type: ignore[arg-type]
+    bs = batch_size or auto_batch_size(model.patch_px)
+    workers = default_workers() if num_workers is None else num_workers
+    # A worker overlaps reading batch k+1 with computing batch k; with a single batch there is nothing to
+    # overlap, and starting a process (fork, reopening the slide) would only add latency.
+    workers = max(0, min(workers, -(-n // bs) - 1))
+    loader = DataLoader(_Indexed(dataset), batch_size=bs, shuffle=False, num_workers=workers,
+                        collate_fn=Collate(model.preprocess), prefetch_factor=4 if workers else None,
+                        pin_memory=model.runtime.pin_memory)
+    with tqdm(total=n, desc=desc, unit="patch", leave=False, disable=not progress) as bar:
+        for groups in loader:
+            for idx, x in groups:
+                put(idx.numpy(), model(x).cpu().numpy())
+                bar.update(len(idx))
+
+
+def embed(dataset: Dataset, model: FeatureModel, batch_size: int | None = None, num_workers: int | None = None,
+          desc: str = "patches", progress: bool = True) -> np.ndarray:
+    """Features [N, D] float32 of every item of `dataset`, in order, in memory."""
+    out = np.empty((len(dataset), model.dim), dtype=np.float32)  # type: ignore[arg-type]
+
+    def put(idx: np.ndarray, rows: np.ndarray) -> None:
+        out[idx] = rows
+
+    embed_into(dataset, model, put, batch_size, num_workers, desc, progress)
+    return out
+
+
+@dataclass
+class SlideResult:
+    slide: str
+    out: str
+    n_patches: int
+    seconds: float
+    stages: dict[str, float]  # tissue_grid, embed_write (network + streaming into the HDF5)
+
+
+def extract_slide(path: str | Path, model: FeatureModel, out_path: str | Path, mpp: float | None = None,
+                  batch_size: int | None = None, num_workers: int | None = None, min_tissue: float = 0.5,
+                  progress: bool = True, row_reads: bool = True) -> SlideResult:
+    """Tissue mask -> aligned grid -> features of every patch -> one HDF5 (written atomically)."""
+    path = Path(path)
+    t0 = time.perf_counter()
+    with open_slide(path, mpp=mpp) as reader:
+        mask = detect_tissue(reader)
+        coords = aligned_grid(reader, mask, (model.mag,), {model.mag: model.patch_px}, min_tissue=min_tissue)
+        slide_mpp = float(reader.mpp)
+    t1 = time.perf_counter()
+    with feature_writer(out_path, len(coords), model.dim, coords=coords, slide=path.name, mpp=slide_mpp,
+                        **model.attrs()) as put:
+        embed_into(SlidePatches(path, coords, model.mag, model.patch_px, mpp, row_reads), model, put, batch_size,
+                   num_workers, desc=path.name, progress=progress)
+    t2 = time.perf_counter()
+    return SlideResult(str(path), str(out_path), len(coords), t2 - t0,
+                       {"tissue_grid": t1 - t0, "embed_write": t2 - t1})
+
+
+def find_files(folder: Path, suffixes: set[str]) -> list[Path]:
+    """Files under `folder` (recursive, sorted) with these suffixes; hidden files and temporaries skipped."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."))
+
+
+def extract_tiles(folder: str | Path, model: FeatureModel, out_path: str | Path, tile_mpp: float,
+                  batch_size: int | None = None, num_workers: int | None = None, progress: bool = True) -> SlideResult:
+    """Every image under `folder` -> one HDF5 with `features` and `paths` (relative to the folder)."""
+    folder = Path(folder)
+    paths = find_files(folder, TILE_SUFFIXES)
+    if not paths:
+        raise MagaError(f"no tile images ({', '.join(sorted(TILE_SUFFIXES))}) found", folder)
+    t0 = time.perf_counter()
+    rel = [p.relative_to(folder).as_posix() for p in paths]
+    with feature_writer(out_path, len(paths), model.dim, paths=rel, slide="", mpp=float(tile_mpp),
+                        root=str(folder.resolve()), **model.attrs()) as put:
+        embed_into(TileImages(paths, tile_mpp, model.mag), model, put, batch_size, num_workers,
+                   desc=folder.name, progress=progress)
+    seconds = time.perf_counter() - t0
+    return SlideResult(str(folder), str(out_path), len(paths), seconds, {"embed_write": seconds})
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) of torch.distributed, else of torchrun's environment, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _input_kind(src: Path, kind: str) -> str:
+    """'slide', 'slides' or 'tiles' for an input path."""
+    if kind not in INPUT_KINDS:
+        raise MagaError(f"--kind must be one of {', '.join(INPUT_KINDS)}, got {kind!r}")
+    if not src.exists():
+        raise MagaError("input not found", src)
+    if src.is_file():
+        if kind == "tiles":
+            raise MagaError("--kind tiles needs a folder of tile images", src)
+        return "slide"
+    if kind != "auto":
+        return kind
+    if find_files(src, SLIDE_SUFFIXES):
+        return "slides"
+    if find_files(src, TILE_SUFFIXES):
+        return "tiles"
+    raise MagaError(f"no slides ({', '.join(sorted(SLIDE_SUFFIXES))}) or tile images found", src)
+
+
+@dataclass
+class BatchReport:
+    rank: int
+    world_size: int
+    done: list[SlideResult] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # outputs already there (resume)
+    failed: dict[str, str] = field(default_factory=dict)  # input -> one-line cause
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def summary(self) -> str:
+        head = (f"extracted {len(self.done)}, skipped {len(self.skipped)} already done, "
+                f"failed {len(self.failed)}" + (f" (rank {self.rank}/{self.world_size})" if self.world_size > 1 else ""))
+        return "\n".join([head] + [f"  failed: {cause}" for cause in self.failed.values()])
+
+
+def plan(cfg: ExtractConfig) -> tuple[str, list[tuple[Path, Path]], Path]:
+    """(kind, [(input, output)] for every item of the whole job, output folder)."""
+    src, out = Path(cfg.input), Path(cfg.out)
+    kind = _input_kind(src, cfg.input_kind)
+    single = out.suffix.lower() in H5_SUFFIXES
+    if kind == "slides" and single:
+        raise MagaError("a folder of slides needs an output folder, not a .h5 file", out)
+    if kind == "slides":
+        items = [(p, (out / p.relative_to(src)).with_suffix(".h5")) for p in find_files(src, SLIDE_SUFFIXES)]
+    else:
+        items = [(src, out if single else out / f"{src.stem if kind == 'slide' else src.name}.h5")]
+    return kind, items, out.parent if single else out
+
+
+def extract_batch(cfg: ExtractConfig) -> BatchReport:
+    """The whole `maga extract` job for this rank: resume, shard, skip-and-report failures."""
+    if cfg.batch_size is not None and cfg.batch_size < 1 or cfg.num_workers < 0:
+        raise MagaError(f"batch size must be >= 1 and workers >= 0 (got {cfg.batch_size}, {cfg.num_workers})")
+    kind, items, out_dir = plan(cfg)
+    if kind == "tiles" and cfg.mpp is None:
+        raise MagaError("a tile folder needs --mpp (the tiles' microns per pixel, e.g. 0.5 for 20x)", cfg.input)
+    rank, world = dist_rank_world()
+    report = BatchReport(rank, world)
+    mine = items[rank::world]
+    todo = []
+    for src, dst in mine:
+        if dst.is_file():
+            report.skipped.append(str(dst))
+        else:
+            todo.append((src, dst))
+    if todo:
+        rt = resolve(cfg.device, cfg.precision)
+        model = load_model(cfg.encoder, cfg.mag, cfg.student, cfg.weights, cfg.channels_last, rt)
+        if cfg.upsample_px:
+            model = upsampled(model, cfg.upsample_px)
+        save_config(dataclasses.replace(cfg, device=rt.device, precision=rt.precision), out_dir)
+    for src, dst in tqdm(todo, desc="slides", unit="slide", disable=not cfg.progress or len(todo) < 2):
+        try:
+            if kind == "tiles":
+                res = extract_tiles(src, model, dst, cfg.mpp, cfg.batch_size, cfg.num_workers, cfg.progress)
+            else:
+                res = extract_slide(src, model, dst, cfg.mpp, cfg.batch_size, cfg.num_workers, cfg.min_tissue,
+                                    cfg.progress)
+            report.done.append(res)
+            log.info("%s: %d patches in %.1f s -> %s", src, res.n_patches, res.seconds, dst)
+        except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the batch
+            if (stop := output_error(exc, dst.parent)) is not None:  # ... but a full or read-only output folder does
+                raise stop from None
+            report.failed[str(src)] = one_line_cause(exc, src)
+            log.warning("skipped %s", report.failed[str(src)])
+    write_json({"kind": kind, **_report_dict(report)},
+               out_dir / (REPORT if world == 1 else f"extract_report.rank{rank}.json"))
+    return report
+
+
+def one_line_cause(exc: BaseException, src: Path) -> str:
+    """'<file>: <cause>' on one line. Errors raised in a DataLoader worker arrive re-wrapped with the
+    worker's traceback as their message; its last line holds the original error."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught "):
+        last = lines[-1]
+        name = type(exc).__module__ + "." + type(exc).__name__ + ": "
+        lines = [last[len(name):] if last.startswith(name) else last]
+    text = lines[0] if lines else type(exc).__name__
+    if isinstance(exc, MagaError) and str(src) in text:
+        return text
+    return f"{src}: {type(exc).__name__}: {text}"
+
+
+def _report_dict(report: BatchReport) -> dict[str, Any]:
+    return {"rank": report.rank, "world_size": report.world_size, "done": report.done,
+            "skipped": report.skipped, "failed": report.failed}

@@ -1,0 +1,1 @@
+"""Slide tools: per-magnification pyramidal TIFF writing, tiling (`maga tile`), test-slide generation."""

@@ -1,9 +1,0 @@
-"""MAGA magnification alignment: loss, trainer, students, cached students and the real-data probe."""
-
-from maga_core.maga.loss import MagaLoss, resolve_weights
-from maga_core.maga.student import InputPipeline, load_student
-from maga_core.maga.train import AlignConfig, train
-from maga_core.maga.views import low_mag_view, view_at_mag
-
-__all__ = ["AlignConfig", "InputPipeline", "MagaLoss", "load_student", "low_mag_view",
-           "resolve_weights", "train", "view_at_mag"]
