@@ -114,8 +114,11 @@ def _disk(work: Path) -> dict[str, Any]:
                                   preexec_fn=preexec(fsize=2048) if mode == "full" else None)
             lines = proc.stderr.strip().splitlines()
             half = [p for p in target.parent.rglob("*") if p.is_file() and p.name.startswith(".")]
-            rows[f"{sc.name}_{mode}"] = {"exit": proc.returncode, "one_line": len(lines) == 1 and "cannot write here" in lines[0],
-                                         "temporaries_left": len(half), "message": lines[-1] if lines else ""}
+            last = lines[-1] if lines else ""  # (align draws progress bars before it)
+            stopped = (proc.returncode == 2 and "Traceback" not in proc.stderr
+                       and last.startswith(f"maga {sc.name}: error: ") and "cannot write here" in last)
+            rows[f"{sc.name}_{mode}"] = {"exit": proc.returncode, "one_line": stopped,
+                                         "temporaries_left": len(half), "message": last}
     return rows
 
 
@@ -128,7 +131,7 @@ def _service(work: Path, clients: int, uploads: int) -> dict[str, Any]:
 
     slide = fetch("histolab_fixtures", "tcga-cr-7395-01a-01-ts1.svs")
     up = work / "uploads"
-    up.mkdir()
+    up.mkdir(parents=True)
     token = "bench-token"
     proc = subprocess.Popen([sys.executable, "-c", "import sys; from maga.reliability.service import serve_main; "
                              "serve_main(sys.argv[1], sys.argv[2], 2.0)", str(up), token],

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 from starlette.concurrency import run_in_threadpool
 
 from maga_core.errors import MagaError
@@ -125,6 +126,9 @@ def create_app(analyzer: Analyzer, config: ServeConfig) -> FastAPI:
             raise HTTPException(422, str(exc).replace(str(path), "upload")) from None
         except (HTTPException, asyncio.CancelledError):
             raise
+        except ClientDisconnect:  # nobody to answer; the partial upload goes (finally)
+            log.info("upload %s: client left after %d bytes", job, size)
+            raise HTTPException(400, "client disconnected mid-upload") from None
         except Exception as exc:  # a bug or a slide that breaks a library: logged, other requests go on
             log.exception("analysis of upload %s failed", job)
             raise HTTPException(500, f"analysis failed: {type(exc).__name__}: {exc}") from None
