@@ -36,7 +36,7 @@ def _kills(work: Path, n: int, seed: int) -> dict[str, Any]:
         ref, start, seconds, compare = reference(sc, work)
         target = work / "killed" / sc.out_name
         worst = kill_at_first_write(sc.name, sc.command(target), target, sc.writes, compare)
-        rand = kill_and_resume(sc.name, sc.command(target), target, compare, n, seed + k, seconds, start)
+        rand = kill_and_resume(sc.name, sc.command(target), target, compare, n, seed + k, seconds - start, sc.writes)
         out[sc.name] = {"kills": rand.kills + worst.kills, "kills_mid_write": rand.kills_mid_write + worst.kills_mid_write,
                         "runs": rand.runs + worst.runs, "trials": rand.trials + worst.trials,
                         "uninterrupted_s": round(seconds, 2), "first_write_s": round(start, 2),

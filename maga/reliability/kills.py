@@ -128,15 +128,37 @@ def kill_at_first_write(name: str, argv: list[str], out: Path, pattern: str, com
     return stats
 
 
+def _snapshot(out: Path, pattern: str) -> dict[Path, int]:
+    base = out if out.is_dir() else out.parent
+    found = base.rglob(pattern) if out.is_dir() else base.glob(pattern)
+    return {p: p.stat().st_mtime_ns for p in found if p.exists()}
+
+
+def _wait_for_new_write(proc: subprocess.Popen, out: Path, pattern: str, before: dict[Path, int],
+                        timeout: float) -> bool:
+    """Poll until this run creates or rewrites a file matching `pattern`; False if it ended first."""
+    t0 = time.perf_counter()
+    while proc.poll() is None and time.perf_counter() - t0 < timeout:
+        try:
+            now = _snapshot(out, pattern)
+        except FileNotFoundError:  # a temporary renamed while we looked
+            continue
+        if any(before.get(p) != m for p, m in now.items()):
+            return True
+        time.sleep(0.005)
+    return proc.poll() is None
+
+
 def kill_and_resume(name: str, argv: list[str], out: Path, compare: Compare, n_kills: int, seed: int,
-                    reference_s: float, start_s: float = 0.0, env: dict[str, str] | None = None,
+                    write_span_s: float, pattern: str, env: dict[str, str] | None = None,
                     max_runs: int = 60, timeout: float = 600.0) -> KillStats:
-    """Trials on a fresh `out`: start, SIGKILL the process group after U(start_s, reference_s) seconds
-    (`start_s`: when the uninterrupted run began writing), check, rerun; a trial ends when a run finishes
-    by itself. Trials repeat until `n_kills` kills."""
+    """Trials on a fresh `out`: start; once the run writes its first output (a file matching `pattern`
+    created or rewritten), SIGKILL its process group after U(0, write_span_s) seconds (`write_span_s`:
+    how long the uninterrupted run went on writing), check, rerun; a trial ends when a run finishes by
+    itself. Timing from the run's own first write keeps the kills inside the work whatever the load."""
     env = env or child_env()
     rng = random.Random(seed)
-    stats = KillStats(name, reference_s=round(reference_s, 2))
+    stats = KillStats(name, reference_s=round(write_span_s, 2))
     log = out.parent / f"{out.stem}-run.log"
     out.parent.mkdir(parents=True, exist_ok=True)
     while stats.kills < n_kills:
@@ -144,24 +166,25 @@ def kill_and_resume(name: str, argv: list[str], out: Path, compare: Compare, n_k
         out.unlink(missing_ok=True)
         stats.trials += 1
         for _ in range(max_runs):
-            delay = rng.uniform(start_s, reference_s) if stats.kills < n_kills else None
+            delay = rng.uniform(0.0, max(write_span_s, 0.2)) if stats.kills < n_kills else None
             stats.runs += 1
+            before = _snapshot(out, pattern)
             with open(log, "ab") as fh:
                 proc = subprocess.Popen(argv, stdout=fh, stderr=fh, env=env, cwd=REPO, start_new_session=True)
-            try:
-                rc = proc.wait(timeout=delay if delay is not None else timeout)
-            except subprocess.TimeoutExpired:
-                if delay is None:
-                    raise
-                stats.kills_mid_write += bool(temporaries(out))
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                stats.kills += 1
-                problems, diff = compare(out, False)
-                stats.partial_taken += len(problems)
-                stats.problems += [f"after kill {stats.kills}: {p}" for p in problems]
-                stats.max_abs_diff = max(stats.max_abs_diff, diff)
-                continue
+            if delay is not None and _wait_for_new_write(proc, out, pattern, before, timeout):
+                try:
+                    proc.wait(timeout=delay)
+                except subprocess.TimeoutExpired:
+                    stats.kills_mid_write += bool(temporaries(out if out.is_dir() else out.parent))
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    stats.kills += 1
+                    problems, diff = compare(out, False)
+                    stats.partial_taken += len(problems)
+                    stats.problems += [f"after kill {stats.kills}: {p}" for p in problems]
+                    stats.max_abs_diff = max(stats.max_abs_diff, diff)
+                    continue
+            rc = proc.wait(timeout=timeout)
             if rc != 0:
                 stats.failed_runs += 1
                 stats.problems.append(f"run {stats.runs} exited {rc} (see {log})")
@@ -170,7 +193,7 @@ def kill_and_resume(name: str, argv: list[str], out: Path, compare: Compare, n_k
             stats.final_mismatches += len(problems)
             stats.problems += [f"trial {stats.trials}: {p}" for p in problems]
             stats.max_abs_diff = max(stats.max_abs_diff, diff)
-            stats.orphan_temporaries += len(temporaries(out))
+            stats.orphan_temporaries += len(temporaries(out if out.is_dir() else out.parent))
             break
         else:
             stats.problems.append(f"trial {stats.trials} did not finish in {max_runs} runs")
