@@ -10,12 +10,11 @@ import os
 import pkgutil
 import sys
 
+import maga.commands as commands
 from maga_core.errors import MagaError, OutputError, output_error
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import maga.commands as commands
-
     parser = argparse.ArgumentParser(prog="maga", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for mod in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):

@@ -27,18 +27,25 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from maga_core.config import atomic_path, save_config, write_json
+from maga_core.data.features import feature_writer, read_features, write_features
+from maga_core.device import resolve
 from maga_core.errors import MagaError, output_error
+from maga_core.mil.cv import CVConfig, load_results, run_cv
+from maga_core.slides import aligned_grid, detect_tissue, open_slide
+from maga.alignment.ensure import ensure_student
+from maga.cohorts import UpstreamCohort, load_upstream
+from maga.experiments.mil import SETTINGS, paper_figure
+from maga.extract import (SLIDE_SUFFIXES, SlidePatches, default_workers, embed_into, find_files, load_model,
+                          one_line_cause)
 
 MODELS = ("gltrans", "transmil", "clam_sb", "clam_mb", "abmil")
-# Upstream cohort -> the task of mil.experiment whose paper figures it stands beside.
+# Upstream cohort -> the task of maga.experiments.mil whose paper figures it stands beside.
 PAPER_TASK = {"cohort_tcga_nsclc": "subtype", "cohort_tcga_nsclc_ctranspath": "subtype",
               "cohort_camelyon16": "lesion"}
 TABLE, REPORT = "reproduction_table.csv", "report.json"  # what a finished run leaves in its --out folder
 
 
 def _default_workers() -> int:
-    from maga.extract import default_workers
-
     return default_workers()
 
 
@@ -49,7 +56,7 @@ class CohortRunConfig:
     out: str = ""
     upstream: str = ""  # a folder with the upstream label/ and nfold/ layout instead of the manifest's files
     encoder: str = "efficientnet_lite0"
-    student: str = ""  # MAGA student checkpoint for 5x_maga; "": the shared default student (maga.ensure)
+    student: str = ""  # MAGA student checkpoint for 5x_maga; "": the shared default student (maga.alignment.ensure)
     settings: list[str] = field(default_factory=lambda: ["20x", "5x_maga"])  # of 20x, 5x, 5x_maga
     models: list[str] = field(default_factory=lambda: list(MODELS))
     epochs: int | None = None  # None: each model's default (early stopping)
@@ -72,8 +79,6 @@ def case_of(stem: str, ids: set[str]) -> str | None:
 
 
 def _models(cfg: CohortRunConfig, rt, progress: bool) -> dict[str, Any]:
-    from maga.extract import load_model
-
     out = {}
     for s in cfg.settings:
         if s == "20x":
@@ -83,8 +88,6 @@ def _models(cfg: CohortRunConfig, rt, progress: bool) -> dict[str, Any]:
         elif s == "5x_maga":
             student = cfg.student
             if not student:
-                from maga.alignment.ensure import ensure_student
-
                 student = str(ensure_student(Path(cfg.out), teacher=cfg.encoder, progress=progress))  # under OUT/
             out[s] = load_model(cfg.encoder, student=student, runtime=rt)
         else:
@@ -95,10 +98,6 @@ def _models(cfg: CohortRunConfig, rt, progress: bool) -> dict[str, Any]:
 def extract_aligned(path: Path, models: dict[str, Any], outs: dict[str, Path], batch_size: int | None,
                     num_workers: int, min_tissue: float) -> dict[str, Any]:
     """One slide: tissue and one aligned grid, then every setting's features (HDF5, atomic)."""
-    from maga_core.data.features import feature_writer
-    from maga.extract import SlidePatches, embed_into
-    from maga_core.slides import aligned_grid, detect_tissue, open_slide
-
     t0 = time.perf_counter()
     with open_slide(path) as reader:
         mask = detect_tissue(reader)
@@ -121,8 +120,6 @@ def extract_aligned(path: Path, models: dict[str, Any], outs: dict[str, Path], b
 def _case_file(case: str, slide_files: list[Path], widths: list[int], out: Path) -> None:
     """The case's bag: one slide's file linked (no copy), several concatenated side by side (coords
     shifted right by the preceding slides' widths, so instances stay apart)."""
-    from maga_core.data.features import read_features, write_features
-
     names = ";".join(p.stem for p in slide_files)
     if out.is_file():
         if ((len(slide_files) == 1 and out.samefile(slide_files[0]))
@@ -146,11 +143,6 @@ def _case_file(case: str, slide_files: list[Path], widths: list[int], out: Path)
 
 def run_cohort(cfg: CohortRunConfig, progress: bool = True) -> dict[str, Any]:
     """The whole run (resumed from what `cfg.out` holds); returns report.json's content."""
-    from maga.cohorts import UpstreamCohort, load_upstream
-    from maga_core.device import resolve
-    from maga.extract import SLIDE_SUFFIXES, find_files, one_line_cause
-    from maga_core.mil.cv import CVConfig, run_cv
-
     slides_dir, out = Path(cfg.slides), Path(cfg.out)
     if not slides_dir.is_dir():
         raise MagaError("slides folder not found", slides_dir)
@@ -266,9 +258,6 @@ def read_run(out: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
 
 def reproduction_table(out: Path, cfg: CohortRunConfig, cohort: str) -> pd.DataFrame:
     """One row per aggregator x setting: mean AUC over folds (95% CI), pooled AUC, F1, the paper's figure."""
-    from maga_core.mil.cv import load_results
-    from maga.experiments.mil import SETTINGS, paper_figure
-
     rows = []
     for s in cfg.settings:
         for model in cfg.models:

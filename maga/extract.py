@@ -25,12 +25,17 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from maga_core.align import load_student
+from maga_core.align.student import InputPipeline
+from maga_core.align.views import view_at_mag
 from maga_core.config import save_config, write_json
 from maga_core.data.features import INPUT_KINDS, feature_writer
 from maga_core.device import Runtime, inference, resolve
+from maga_core.encoders import build
 from maga_core.errors import MagaError, output_error
-from maga_core.align.views import view_at_mag
-from maga_core.slides import aligned_grid, detect_tissue, level0_extent, open_slide, patch_px_for_mag, read_patch
+from maga_core.slides import (aligned_grid, detect_tissue, level0_extent, open_slide, patch_px_for_mag,
+                              read_patch)
+from maga.extract_report import BatchReport, one_line_cause, report_dict
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +113,6 @@ def load_model(encoder: str, mag: float | None = None, student: str | Path | Non
     """An encoder at `mag` (patches of the standard 128 um square, fed at their native size), or a
     MAGA student at its training magnification with its training input pipeline."""
     if student is not None:
-        from maga_core.align import load_student
-
         net = load_student(student)
         teacher = (getattr(net, "teacher", None) or {}).get("name", net.spec.name)
         if encoder not in (teacher, net.spec.name):
@@ -120,7 +123,6 @@ def load_model(encoder: str, mag: float | None = None, student: str | Path | Non
                             net.sha256, channels_last, runtime or Runtime())
     if mag is None:
         raise MagaError("--mag is required without --student")
-    from maga_core.encoders import build
 
     net = build(encoder, weights=weights)
     return FeatureModel(net, net.transform, float(mag), patch_px_for_mag(float(mag)), encoder, "", channels_last,
@@ -130,8 +132,6 @@ def load_model(encoder: str, mag: float | None = None, student: str | Path | Non
 def upsampled(model: FeatureModel, px: int) -> FeatureModel:
     """The encoder fed its patches resized to `px` (the fair no-MAGA baseline at low magnification: the
     teacher at the input size it was trained for), with the same resize as an upsample-mode student."""
-    from maga_core.align.student import InputPipeline
-
     if model.student_sha256:
         raise MagaError("upsample_px applies to a plain encoder, not to a MAGA student")
     spec = model.module.spec
@@ -363,24 +363,6 @@ def _input_kind(src: Path, kind: str) -> str:
     raise MagaError(f"no slides ({', '.join(sorted(SLIDE_SUFFIXES))}) or tile images found", src)
 
 
-@dataclass
-class BatchReport:
-    rank: int
-    world_size: int
-    done: list[SlideResult] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # outputs already there (resume)
-    failed: dict[str, str] = field(default_factory=dict)  # input -> one-line cause
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def summary(self) -> str:
-        head = (f"extracted {len(self.done)}, skipped {len(self.skipped)} already done, "
-                f"failed {len(self.failed)}" + (f" (rank {self.rank}/{self.world_size})" if self.world_size > 1 else ""))
-        return "\n".join([head] + [f"  failed: {cause}" for cause in self.failed.values()])
-
-
 def plan(cfg: ExtractConfig) -> tuple[str, list[tuple[Path, Path]], Path]:
     """(kind, [(input, output)] for every item of the whole job, output folder)."""
     src, out = Path(cfg.input), Path(cfg.out)
@@ -431,25 +413,6 @@ def extract_batch(cfg: ExtractConfig) -> BatchReport:
                 raise stop from None
             report.failed[str(src)] = one_line_cause(exc, src)
             log.warning("skipped %s", report.failed[str(src)])
-    write_json({"kind": kind, **_report_dict(report)},
+    write_json({"kind": kind, **report_dict(report)},
                out_dir / (REPORT if world == 1 else f"extract_report.rank{rank}.json"))
     return report
-
-
-def one_line_cause(exc: BaseException, src: Path) -> str:
-    """'<file>: <cause>' on one line. Errors raised in a DataLoader worker arrive re-wrapped with the
-    worker's traceback as their message; its last line holds the original error."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    if len(lines) > 1 and lines[0].startswith("Caught "):
-        last = lines[-1]
-        name = type(exc).__module__ + "." + type(exc).__name__ + ": "
-        lines = [last[len(name):] if last.startswith(name) else last]
-    text = lines[0] if lines else type(exc).__name__
-    if isinstance(exc, MagaError) and str(src) in text:
-        return text
-    return f"{src}: {type(exc).__name__}: {text}"
-
-
-def _report_dict(report: BatchReport) -> dict[str, Any]:
-    return {"rank": report.rank, "world_size": report.world_size, "done": report.done,
-            "skipped": report.skipped, "failed": report.failed}

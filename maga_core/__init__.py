@@ -1,7 +1,6 @@
-"""maga_core: the library behind the MAGA-GLTrans reproduction book.
-
-Layers (lower never imports higher): errors/config -> slides -> data -> encoders -> maga/extract
--> mil/stats -> distill/e2e/telepath -> bench/book/cli. See ARCHITECTURE.md.
+"""maga_core: the method of the MAGA-GLTrans reproduction (slides, encoders, feature files, the MAGA
+alignment, the MIL aggregators with their training and cross-validation, statistics). It imports nothing
+of the application (`maga`) around it; see ARCHITECTURE.md.
 """
 
 __version__ = "0.1.0"

@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
+from maga_core.errors import MagaError, output_error
+
 T = TypeVar("T")
 
 
@@ -56,9 +58,7 @@ def write_json(obj: Any, path: str | Path) -> Path:
 def torch_save(obj: Any, path: str | Path) -> Path:
     """torch.save, atomically, through a Python file object: a full or read-only folder then surfaces as a
     one-line OutputError (torch's own file writer reports only 'unexpected pos')."""
-    import torch
-
-    from maga_core.errors import output_error
+    import torch  # lazy: most callers never save a checkpoint, and torch is slow to import
 
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -79,8 +79,6 @@ def save_config(cfg: Any, out_dir: str | Path, name: str = "config.json") -> Pat
 def load_config(cls: type[T], path: str | Path) -> T:
     """A saved config back as `cls`; a file that is not one (unreadable, not JSON, wrong fields) is a
     one-line MagaError."""
-    from maga_core.errors import MagaError
-
     try:
         data = json.loads(Path(path).read_bytes())
         if not isinstance(data, dict):

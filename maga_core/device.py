@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from maga_core.errors import MagaError
+
 DEVICE_CHOICES = "auto|cpu|cuda[:N]|mps"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -88,7 +90,6 @@ def _mps_available() -> bool:
 
 def resolve_device(device: str = "auto") -> str:
     """'auto' -> this rank's GPU, MPS or CPU; 'cuda' -> cuda:LOCAL_RANK; an unavailable device is an error."""
-    from maga_core.errors import MagaError
     import torch
 
     device = (device or "auto").strip().lower()
@@ -118,8 +119,6 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def resolve_precision(precision: str | None, device: str) -> str:
-    from maga_core.errors import MagaError
-
     precision = (precision or "auto").strip().lower()
     if precision not in PRECISIONS:
         raise MagaError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ from maga_core.device import without_runtime
 from maga_core.align.train import AlignConfig, train
 from maga_core.slides import patch_px_for_mag
 from maga import records
+from maga.runs import run_key
 
 DEFAULT_TILES = ("lc25000_lung_224_dedup:train", "uni_tcga_luadlusc:train")
 # TCGA's manifest gives 0.5 um/px; LC25000's scale is undocumented and taken as 0.5 (20x) too.
@@ -23,8 +22,7 @@ _NOT_IN_KEY = {"num_workers", "teacher_cache_mb"}
 def student_path(cfg: AlignConfig, runs: Path) -> Path:
     """<runs>/maga_students/<teacher>_<mag>x_<mode>_<hash of the config>.pt"""
     payload = {k: v for k, v in without_runtime(to_jsonable(cfg)).items() if k not in _NOT_IN_KEY}
-    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
-    return Path(runs) / "maga_students" / f"{cfg.teacher}_{cfg.mag:g}x_{cfg.mode}_{key}.pt"
+    return Path(runs) / "maga_students" / f"{cfg.teacher}_{cfg.mag:g}x_{cfg.mode}_{run_key(payload)}.pt"
 
 
 def ensure_student(runs: Path, teacher: str = "efficientnet_lite0", mag: float = 5.0, mode: str = "native",

@@ -24,12 +24,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from maga_core.config import atomic_path, save_config, to_jsonable, write_json
-from maga.alignment.ensure import DEFAULT_TILES, DEFAULT_TILE_MPP, ensure_student
+from maga_core import stats
 from maga_core.align.student import load_student
 from maga_core.align.tilesource import read_tile
-from maga_core.align.train import AlignConfig
+from maga_core.align.train import AlignConfig, make_pipeline
 from maga_core.align.views import view_at_mag
+from maga_core.config import atomic_path, save_config, to_jsonable, write_json
+from maga_core.data.tiles import select_split, tile_table
+from maga_core.encoders import build
+from maga.alignment.ensure import DEFAULT_TILES, DEFAULT_TILE_MPP, ensure_student
 
 TASKS = {
     "tcga_luad_vs_lusc": "uni_tcga_luadlusc",
@@ -66,7 +69,7 @@ class ProbeConfig:
     max_tiles_per_class: int | None = None  # per class (smoke runs); None: all held-out tiles
     batch_infer: int = 32
     modes: list[str] = field(default_factory=lambda: ["native", "upsample"])  # students to train and probe
-    eval_split: str = "test"  # "valK" (with train_tiles "...:fitK") when choosing settings (maga.select)
+    eval_split: str = "test"  # "valK" (with train_tiles "...:fitK") when choosing settings (maga.alignment.select)
     align: dict = field(default_factory=dict)  # other AlignConfig fields (ablations: augment, taps, ...)
 
 
@@ -92,8 +95,6 @@ def feature_kinds(mag: float) -> dict[str, str]:
 
 def _task_tiles(dataset: str, cfg: ProbeConfig):
     """The evaluated tiles of the two classes: the held-out test split, or a validation fold."""
-    from maga_core.data.tiles import select_split, tile_table
-
     table = select_split(tile_table(dataset), cfg.eval_split)
     table = table[table["class"].isin(CLASSES)].reset_index(drop=True)
     if cfg.max_tiles_per_class is not None:  # seeded, round-robin over cases so each class keeps several
@@ -114,8 +115,6 @@ def encode(encoder, prepare, patches: np.ndarray, batch: int = 32) -> np.ndarray
 
 
 def compute_features(cfg: ProbeConfig, teacher, students: dict, high: np.ndarray, low: np.ndarray) -> dict:
-    from maga_core.align.train import make_pipeline
-
     m = f"{cfg.mag:g}x"
     up = make_pipeline(AlignConfig(teacher=cfg.teacher, mag=cfg.mag, mode="upsample"), teacher.spec)
     feats = {
@@ -177,8 +176,6 @@ def evaluate_task(cfg: ProbeConfig, feats: dict[str, np.ndarray], y: np.ndarray,
                   ) -> tuple[dict, dict]:
     """Probe AUCs, recovered fractions, clustered DeLong tests and cosine similarities of one task; also
     the per-tile arrays."""
-    from maga_core import stats
-
     m = f"{cfg.mag:g}x"
     repeats = [probe_folds(y, groups, cfg.probe_folds, cfg.seed + r) for r in range(cfg.probe_repeats)]
     counts = stats.cluster_counts(y, groups, cfg.n_boot, cfg.seed)  # one set of replicates for every kind
@@ -231,8 +228,6 @@ def run_probe_study(cfg: ProbeConfig | None, runs: Path, out_dir: str | Path | N
 
     Students live under `runs`, results under `out_dir` (default <runs>/maga_probe). An existing
     results.json made with the same configuration and students is returned without recomputation."""
-    from maga_core.encoders import build
-
     cfg = cfg or ProbeConfig()
     out = Path(out_dir) if out_dir else Path(runs) / "maga_probe"
     results_path = out / "results.json"

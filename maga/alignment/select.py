@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from maga_core.align.train import AlignConfig
 from maga_core.data.tiles import VALIDATION_FOLDS
 from maga.alignment.ensure import DEFAULT_TILES
 from maga.alignment.probe import ProbeConfig, run_probe_study
@@ -36,8 +37,6 @@ def fold_config(settings: dict[str, Any], fold: int, teacher: str = "efficientne
                 max_train_tiles: int | None = None, max_tiles_per_class: int | None = None,
                 n_boot: int = 200) -> ProbeConfig:
     """The probe study of one candidate on one validation fold: trained on fitK, scored on valK."""
-    from maga_core.align.train import AlignConfig
-
     align = dict(settings)
     epochs = align.pop("epochs", AlignConfig().epochs)
     tiles = [f"{source.partition(':')[0]}:fit{fold}" for source in DEFAULT_TILES]

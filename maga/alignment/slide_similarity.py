@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from maga_core import slides
+from maga_core.slides.tissue import TissueConfig, detect_tissue
 from maga.alignment.probe import cosine, encode
 
 
@@ -34,9 +36,6 @@ def slide_similarity(slide: str | Path, teacher, students: dict, mag: float = 5.
     """Cosine of each patch's 5x feature to the teacher's 20x feature of the same patch, for each student
     and for the teacher fed through that student's input pipeline (no MAGA). `max_patches` keeps an
     evenly spaced subset of the grid."""
-    from maga_core import slides
-    from maga_core.slides.tissue import TissueConfig, detect_tissue
-
     reader = slides.open_slide(slide)
     try:
         mask = detect_tissue(reader, TissueConfig(thumb_px=thumb_px))

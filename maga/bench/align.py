@@ -1,5 +1,5 @@
 """`maga bench maga`: train both MAGA students with the `maga align` defaults on the shared training tiles,
-evaluate on the held-out splits (maga.probe) and print one JSON: probe AUCs with case/cluster bootstrap 95%
+evaluate on the held-out splits (maga.alignment.probe) and print one JSON: probe AUCs with case/cluster bootstrap 95%
 CIs for the teacher at 20x, at 5x, at 5x upsampled and the two students, the recovered fraction of the
 20x-vs-5x gap, cosine similarity to the 20x features, and the training seconds. Imports stay light here:
 the module is imported whenever the `maga` parser is built."""
@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import tempfile
     from pathlib import Path
 
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga.alignment.probe import ProbeConfig, run_probe_study
     from maga_core.align.train import AlignConfig
 
@@ -83,6 +84,7 @@ def select(args: argparse.Namespace) -> dict[str, Any]:
     import tempfile
     from pathlib import Path
 
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga_core.errors import MagaError
     from maga.alignment.select import CANDIDATES, run_selection
 

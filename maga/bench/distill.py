@@ -26,6 +26,7 @@ def _args(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga_core import encoders
     from maga.distill.measure import count_params, flops_per_tile, measure_run
     from maga_core.encoders import build

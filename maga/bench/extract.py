@@ -53,6 +53,7 @@ def _network_only(model, patches, n_tiles: int) -> float:
 def _build(name: str) -> tuple[Any, str, bool]:
     """(encoder, weights description, random_init). Speed does not depend on the weights, so an encoder
     whose weights are not on this machine is timed with random initialisation, and the JSON says so."""
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga_core.encoders import build
     from maga_core.errors import MagaError
 
@@ -129,6 +130,7 @@ def _isolated(fn: str, **kwargs: Any) -> dict[str, Any]:
     thread pool carries over between the runs compared."""
     import multiprocessing as mp
 
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga_core.errors import MagaError
 
     ctx = mp.get_context("spawn")
@@ -147,6 +149,7 @@ def _time_ours(slide: str, encoder: str, mag: float, batch_size: int, workers: i
     """Our extract_slide, then the network alone on the same number of tiles (same process and threads)."""
     import numpy as np
 
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga.extract import FeatureModel, extract_slide
     from maga_core.slides import open_slide, patch_px_for_mag, read_patch
 
@@ -156,6 +159,7 @@ def _time_ours(slide: str, encoder: str, mag: float, batch_size: int, workers: i
     res = extract_slide(slide, model, out, batch_size=batch_size, num_workers=workers, progress=False,
                         row_reads=row_reads)
     with open_slide(slide) as reader:
+        # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
         from maga_core.data.features import read_features
 
         coords = read_features(out).coords
@@ -251,6 +255,7 @@ IDEAS: dict[str, dict[str, Any]] = {
 def run_extract_bench(cfg: ExtractBenchConfig, progress: bool = True) -> dict[str, Any]:
     import numpy as np
 
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga.extract import auto_batch_size, default_workers
     from maga_core.slides import aligned_grid, detect_tissue, open_slide, patch_px_for_mag
     from maga.slide_tools.generator import generate_slide
@@ -378,6 +383,7 @@ def _extract_args(p: argparse.ArgumentParser) -> None:
 @benchmark("extract", "network-only vs whole-pipeline tiles/s, 20x vs 5x per-slide time, vs a CLAM-style loop",
            _extract_args)
 def bench_extract(args: argparse.Namespace) -> dict[str, Any]:
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga_core.errors import MagaError
 
     if args.size < 512 or args.repeats < 1:

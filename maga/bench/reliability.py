@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from maga.bench.registry import benchmark
+from maga.bench.registry import benchmark, machine
 
 
 def _args(p: argparse.ArgumentParser) -> None:
@@ -28,6 +28,7 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 def _kills(work: Path, n: int, seed: int) -> dict[str, Any]:
+    # lazy: saves start-up time (bench plugins load whenever the parser is built)
     from maga.reliability.kills import kill_and_resume, kill_at_first_write
     from maga.reliability.scenarios import reference, scenarios
 
@@ -47,6 +48,7 @@ def _kills(work: Path, n: int, seed: int) -> dict[str, Any]:
 
 
 def _corrupt(work: Path, seed: int) -> dict[str, Any]:
+    # lazy: saves start-up time (bench plugins load whenever the parser is built)
     from maga_core.data.features import read_features
     from maga_core.errors import MagaError
     from maga.reliability.corrupt import damage_tiles, truncated_copy
@@ -84,6 +86,7 @@ def _corrupt(work: Path, seed: int) -> dict[str, Any]:
 
 
 def _fuzz(work: Path, n: int, seed: int) -> dict[str, Any]:
+    # lazy: saves start-up time (bench plugins load whenever the parser is built)
     from maga_core.data.manifests import fetch
     from maga.reliability.fuzz import MEMORY_CAP, fuzz
     from maga.reliability.scenarios import make_slides
@@ -98,6 +101,7 @@ def _fuzz(work: Path, n: int, seed: int) -> dict[str, Any]:
 
 
 def _disk(work: Path) -> dict[str, Any]:
+    # lazy: saves start-up time (bench plugins load whenever the parser is built)
     from maga.reliability.kills import child_env, maga_argv
     from maga.reliability.limits import preexec
     from maga.reliability.scenarios import scenarios
@@ -125,6 +129,7 @@ def _disk(work: Path) -> dict[str, Any]:
 def _service(work: Path, clients: int, uploads: int) -> dict[str, Any]:
     import psutil
 
+    # lazy: saves start-up time (bench plugins load whenever the parser is built)
     from maga_core.data.manifests import fetch
     from maga.reliability.kills import REPO, child_env
     from maga.reliability.service import load, raw_request, request_head
@@ -175,7 +180,6 @@ def _service(work: Path, clients: int, uploads: int) -> dict[str, Any]:
 @benchmark("reliability", "fault suite: kill -9 and resume, damaged inputs, fuzzing, full/read-only disks, "
            "service load and abuse; counts of anything lost (must be 0)", _args)
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from maga.bench.registry import machine
 
     parts = set(args.parts.split(","))
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="maga-reliability-")

@@ -20,6 +20,7 @@ def _args(p: argparse.ArgumentParser) -> None:
 @benchmark("telepath", "frozen-section telepathology: bytes, transfer at a bandwidth cap and inference "
            "per magnification through the real loopback service", _args)
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga import presets
     from maga.bench.registry import machine
     from maga_core.slides import parse_mags

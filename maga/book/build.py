@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from maga_core.config import atomic_path
 from maga_core.errors import MagaError
 from maga.presets import PRESET_NAMES
 
@@ -213,8 +214,6 @@ def _shown(path: Path) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    from maga_core.config import atomic_path
-
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 

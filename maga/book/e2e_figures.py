@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from maga.book.viz import PALETTE
+from maga.e2e.sampling import split_counts
 
 MODE_COLORS = {"end-to-end": PALETTE[0], "frozen": PALETTE[1]}
 
@@ -29,8 +30,6 @@ def _arrow(fig: go.Figure, x0: float, y0: float, x1: float, y1: float, text: str
 
 def scheme_figure(n_encoder_ranks: int = 2, k: int = 64) -> go.Figure:
     """Rank 0 (aggregator) above the N encoder ranks (DDP group); gather up, scatter down."""
-    from maga.e2e.sampling import split_counts
-
     counts = split_counts(k, n_encoder_ranks)
     fig = go.Figure()
     width = 10.0

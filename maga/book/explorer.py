@@ -17,9 +17,14 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from maga_core.data import manifests
+from maga_core.errors import MagaError
+from maga_core.slides import (TissueConfig, aligned_grid, detect_tissue, level0_square_side, open_slide,
+                              read_patch)
 from maga.book import viz
 from maga.book.build import STATIC_ENV
-from maga_core.errors import MagaError
+from maga.experiments.tile_slides import CohortConfig, ensure_cohort
+from maga.extract import embed, load_model
 
 HIGH, LOW = 20.0, 5.0
 VIEWS = ("20x", "5x", "5x+MAGA")
@@ -55,10 +60,6 @@ def collect(path: str | Path, encoder: str, student: str | Path | None = None, m
             thumb_px: int = 768, mpp: float | None = None, seed: int = 0, progress: bool = True) -> SlideFeatures:
     """Read a slide's aligned 20x/5x patches (a seeded subset of at most `max_patches`) and embed them
     with `encoder` at 20x and 5x and, given a MAGA student checkpoint, with the student at 5x."""
-    from maga.extract import embed, load_model
-    from maga_core.slides import (TissueConfig, aligned_grid, detect_tissue, level0_square_side, open_slide,
-                                   read_patch)
-
     with open_slide(path, mpp=mpp) as reader:
         tissue = detect_tissue(reader, TissueConfig(thumb_px=thumb_px))
         coords = aligned_grid(reader, tissue, (HIGH, LOW))
@@ -86,12 +87,8 @@ def slide_paths(fixtures: list[str], mosaic: dict | None = None, root: str | Pat
     """The slides to explore: real slides of the histolab_fixtures manifest by file name, then, given
     `mosaic` (CohortConfig fields plus `show`, the number of slides), that many tumour-bearing mosaic
     slides of real tiles from a cohort built (or reused) under `root`."""
-    from maga_core.data import manifests
-
     paths = {name: manifests.fetch("histolab_fixtures", name) for name in fixtures}
     if mosaic:
-        from maga.experiments.tile_slides import CohortConfig, ensure_cohort
-
         settings = dict(mosaic)
         show = int(settings.pop("show", 1))
         cohort = ensure_cohort(CohortConfig(**settings), Path(root) / "cohort", progress=False)

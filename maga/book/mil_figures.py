@@ -9,8 +9,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from maga_core.mil.cv import load_results
 from maga.book import viz
-from maga.experiments.mil import SETTINGS, ExperimentConfig, SlideMaps, cv_dir, fold_aucs, roc_curves
+from maga.experiments.mil import ExperimentConfig, SETTINGS, cv_dir, fold_aucs, roc_curves
+from maga.experiments.mil_maps import SlideMaps
 
 
 def auc_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -111,8 +113,6 @@ def fold_boxes(root: str | Path, cfg: ExperimentConfig) -> go.Figure:
 
 def bootstrap_boxes(root: str | Path, cfg: ExperimentConfig, model: str) -> go.Figure:
     """For one model: each fold's 500 resampled test AUCs, per setting (the paper's Fig. 2d-f)."""
-    from maga_core.mil.cv import load_results
-
     fig = go.Figure()
     for setting in cfg.settings:
         boot = load_results(cv_dir(root, cfg, setting, model))["bootstrap"]

@@ -7,6 +7,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from maga_core.data import manifests
+from maga_core.data.tiles import SOURCES, tile_table
 from maga_core.errors import MagaError
 
 # How each kind of manifest enters the book: real data used as is, or inputs to something we build.
@@ -51,8 +52,6 @@ def verify_files(max_files_per_dataset: int | str = "all") -> pd.DataFrame:
 
 def tile_counts() -> pd.DataFrame:
     """Real tiles per collection, class and split (the inputs of MAGA training, probes and mosaics)."""
-    from maga_core.data.tiles import SOURCES, tile_table
-
     frames = [tile_table(name) for name in SOURCES]
     counts = pd.concat(frames).groupby(["source", "class", "split"]).size().unstack("split", fill_value=0)
     return counts.assign(total=counts.sum(axis=1))

@@ -28,6 +28,8 @@ import pandas as pd
 
 from maga_core import locations
 from maga_core.errors import MagaError
+from maga.book import viz
+from maga.cohort_pipeline import read_run
 from maga.records import is_interval, leaves, load_results, lookup, paper_results
 
 NOT_RUN = "not run"
@@ -75,8 +77,6 @@ def comparison(runs: Path) -> pd.DataFrame:
 
 def auc_figure(table: pd.DataFrame, title: str = "AUC: paper vs ours"):
     """Grouped bars of every AUC figure of the paper with ours beside it (or "not run")."""
-    from maga.book import viz
-
     rows = table[table["figure"].str.contains("auc") & table["paper_value"].notna()]
     labels = [f"{r.section.replace('_', ' ')}: {r.figure.split('.')[-1]}" for r in rows.itertuples()]
     ours_ci = [tuple(c) if isinstance(c, (list, tuple)) and len(c) == 2 else None for c in rows["ours_interval"]]
@@ -138,8 +138,6 @@ def cohort_run(given: str | Path | None, conventional: str | Path | None) -> Coh
     """The table of the cohort run in `given` (a folder the reader named: it must hold a finished run,
     else a one-line error naming it), else in the preset's `conventional` folder, which is named after
     its cohort and may not exist yet: then the message says which `maga cohort run` makes it."""
-    from maga.cohort_pipeline import read_run
-
     if given is None and conventional is None:
         return CohortRunView("this preset reads no `maga cohort run` (the full preset does)")
     folder = cohort_run_folder(given if given is not None else conventional)

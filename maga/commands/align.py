@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
+from maga_core.device import add_arguments as add_device_arguments
+
 
 def register(sub) -> None:
-    from maga_core.device import add_arguments as add_device_arguments
-
     p = sub.add_parser("align", help="train a MAGA magnification-aligned student (resumes an interrupted run)")
     p.add_argument("--teacher", default="efficientnet_lite0", help="registered encoder name (see encoders.table())")
     p.add_argument("--teacher-weights", default=None, help="local weight file (default: the registry's source)")
@@ -17,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("--tiles", required=True, nargs="+",
                    help="folders of 20x tiles (recursive) or tile datasets, e.g. uni_tcga_luadlusc:train")
     p.add_argument("--out", required=True, help="checkpoint path (rewritten after every epoch)")
-    # Training settings default to None here so that AlignConfig alone holds their values (maga.select).
+    # Training settings default to None here so that AlignConfig alone holds their values (maga.alignment.select).
     p.add_argument("--epochs", type=int, default=None, help="default: AlignConfig's (30)")
     p.add_argument("--batch-size", type=int, default=None, help="default: AlignConfig's (32)")
     p.add_argument("--seed", type=int, default=None)
@@ -34,6 +34,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga_core.align.train import AlignConfig, history_paths, train
 
     chosen = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,

@@ -7,10 +7,10 @@ import argparse
 import json
 from typing import Any
 
+from maga.bench.registry import discover
+
 
 def register(subparsers) -> None:
-    from maga.bench.registry import discover
-
     p = subparsers.add_parser("bench", help="speed / memory benchmarks, printed as JSON",
                               description="Measure on this machine; results are JSON (stdout, and --out).")
     sub = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
@@ -34,6 +34,7 @@ def _flat(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def _run(bench, args: argparse.Namespace) -> int:
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga_core.config import to_jsonable, write_json
 
     result = to_jsonable(bench.run(args))

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 
+from maga_core.device import add_arguments as add_device_arguments
+
 
 def register(sub) -> None:
-    from maga_core.device import add_arguments as add_device_arguments
-
     p = sub.add_parser("cohort", help="reproduce the paper's MIL tables from a cohort's slides")
     csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     r = csub.add_parser("run", help="tissue, aligned grid, features at 20x and 5x+MAGA, CV of five aggregators",
@@ -34,6 +34,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga.cohort_pipeline import CohortRunConfig, run_cohort
 
     split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from maga_core.device import add_arguments as add_device_arguments
+
 
 def register(subparsers) -> None:
-    from maga_core.device import add_arguments as add_device_arguments
-
     p = subparsers.add_parser(
         "distill", help="distil a teacher encoder into a small student on task-specific tiles",
         description="Train a small student (plus a linear projection to the teacher's dimension) to reproduce a "
@@ -39,6 +39,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga_core.data import manifests
     from maga.distill.augment import AugmentConfig
     from maga.distill.train import DistillConfig, distill, work_dir_for

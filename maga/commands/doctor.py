@@ -30,6 +30,7 @@ def check_openslide_vips() -> Check:
     import numpy as np
     import openslide
 
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga_core.slides import open_slide
     from maga.slide_tools.writer import write_pyramidal_tiff
 
@@ -82,6 +83,7 @@ def check_torch() -> Check:
 
 def check_data(skip: bool) -> Check:
     """Which data mirror is in use and where that came from (locations' search order), then its hashes."""
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga_core import locations
     from maga_core.data import manifests
 
@@ -104,6 +106,7 @@ def check_data(skip: bool) -> Check:
 
 
 def check_reference() -> Check:
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga_core import locations
 
     found = locations.reference_dir()
@@ -114,6 +117,7 @@ def check_reference() -> Check:
 
 
 def check_runs() -> Check:
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga_core import locations
 
     found = locations.runs_root()

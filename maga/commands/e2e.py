@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from maga_core.device import add_arguments as add_device_arguments
 from maga_core.errors import MagaError
 
 
 def register(subparsers) -> None:
-    from maga_core.device import add_arguments as add_device_arguments
-
     p = subparsers.add_parser("e2e", help="end-to-end slide training (encoder + aggregator), torchrun-ready",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--encoder", default="efficientnet_lite0", help="registry name or maga:<student checkpoint>")
@@ -61,6 +60,7 @@ def _labels(path: Path) -> pd.DataFrame:
 
 
 def _bags(args: argparse.Namespace):
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga.e2e.data import slide_bag
 
     if not args.slides or args.labels is None:
@@ -83,12 +83,14 @@ def _bags(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     if args.measure_memory:
+        # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
         from maga.e2e.memory import MemoryConfig, per_tile
 
         cfg = MemoryConfig(encoder=args.encoder, amp=args.amp, checkpoint=args.checkpoint,
                            device="cuda" if _cuda() else "cpu")
         print(json.dumps(per_tile(cfg, progress=False), indent=2))
         return 0
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga.e2e.data import BagDataset
     from maga.e2e.train import E2EConfig, train
 
@@ -104,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     tr = BagDataset(train_bags, cfg.k, cfg.mag, cfg.px, cfg.seed)
     va = BagDataset(val_bags, cfg.k, cfg.mag, cfg.px, cfg.seed + 1) if val_bags else None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun: the 1 + N process scheme
+        # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
         from maga.e2e.distributed import run_from_env
 
         result = run_from_env(cfg, tr, va, out_dir=args.out)

@@ -6,11 +6,11 @@ import argparse
 import logging
 import sys
 
+from maga_core.data.features import INPUT_KINDS
+from maga_core.device import add_arguments as add_device_arguments
+
 
 def register(subparsers) -> None:
-    from maga_core.data.features import INPUT_KINDS
-    from maga_core.device import add_arguments as add_device_arguments
-
     p = subparsers.add_parser(
         "extract", help="extract patch features into HDF5 (one file per slide; one per tile folder)",
         description="Extract features with an encoder at a magnification, or a MAGA student at its own. "
@@ -32,6 +32,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga.extract import ExtractConfig, extract_batch
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

@@ -22,6 +22,7 @@ def register(sub) -> None:
 def run(args) -> int:
     import time
 
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga.slide_tools.generator import generate_slide
 
     t0 = time.perf_counter()

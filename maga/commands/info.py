@@ -14,6 +14,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga_core.slides import open_slide
 
     with open_slide(args.slide, mpp=args.mpp) as reader:

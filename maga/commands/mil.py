@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
+from maga_core.device import add_arguments as add_device_arguments
+
 
 def register(sub) -> None:
-    from maga_core.device import add_arguments as add_device_arguments
-
     p = sub.add_parser("mil", help="cross-validate a MIL aggregator (gltrans, transmil, clam_sb, clam_mb, abmil)")
     p.add_argument("--model", default="gltrans", help="aggregator name (default gltrans)")
     p.add_argument("--features", required=True, help="folder of <slide>.h5 feature files")
@@ -36,12 +36,14 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga_core.device import resolve
     from maga_core.errors import MagaError
     from maga_core.mil.cv import CVConfig, run_cv
 
     labels, splits = args.labels, args.splits or ""
     if args.cohort:
+        # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
         from maga.cohorts import load_upstream
 
         name, _, task = args.cohort.partition(":")

@@ -18,6 +18,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga_core.config import to_jsonable
     from maga_core.errors import MagaError
     from maga.telepath.client import send

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from maga_core.device import add_arguments as add_device_arguments
+
 
 def register(sub) -> None:
-    from maga_core.device import add_arguments as add_device_arguments
-
     p = sub.add_parser("serve", help="run the upload-and-diagnose HTTP service")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8765)
@@ -21,6 +21,7 @@ def register(sub) -> None:
 def run(args) -> int:
     import uvicorn
 
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga_core.device import resolve
     from maga.telepath.pipeline import SlideAnalyzer
     from maga.telepath.server import ServeConfig, create_app

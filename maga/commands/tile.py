@@ -21,6 +21,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga_core.errors import MagaError
     from maga_core.slides.magnification import parse_mags
     from maga.slide_tools.tiling import TileConfig, tile_folder, tile_slide

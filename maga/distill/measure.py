@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from maga_core.encoders import build
 from maga_core.errors import MagaError
 
 
@@ -98,8 +99,6 @@ def _measure_here(name: str, weights: str | None, batch_size: int, input_px: int
     import time
 
     import timm  # noqa: F401  (imported before the baseline so its memory is not counted)
-
-    from maga_core.encoders import build
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -10,7 +10,6 @@ student was distilled on, whose labels distillation never saw).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +20,21 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from maga_core import encoders
 from maga_core.config import save_config, to_jsonable, write_json
+from maga_core.data.tiles import tile_table
+from maga_core.device import without_runtime
+from maga_core.encoders import build
+from maga_core.encoders.base import load_torch_file
+from maga_core.encoders.mobilenet import Prepare
+from maga_core.errors import MagaError
+from maga_core.stats import bootstrap_metrics
+from maga import records
 from maga.distill.measure import count_params, flops_per_tile, measure_run
 from maga.distill.robustness import robustness_curve
-from maga_core.encoders import build
-from maga_core.encoders.mobilenet import Prepare
-from maga.distill.train import DistillConfig, distill, read_tile, work_dir_for
-from maga_core.errors import MagaError
+from maga.distill.train import DistillConfig, config_from_dict, distill, read_tile, work_dir_for
+from maga.records import paper_results
+from maga.runs import run_key
 
 CLASSES = ("adenocarcinoma", "squamous")
 EVAL_DATASETS = ("uni_tcga_luadlusc", "lc25000_lung_224_dedup")
@@ -54,15 +61,11 @@ class StudyConfig:
 
     def __post_init__(self):
         if isinstance(self.distill, dict):
-            from maga.distill.train import config_from_dict
-
             self.distill = config_from_dict(self.distill)
 
 
 def config_hash(obj: Any) -> str:
-    from maga_core.device import without_runtime  # the same key wherever it runs
-
-    return hashlib.sha256(json.dumps(without_runtime(to_jsonable(obj)), sort_keys=True).encode()).hexdigest()[:12]
+    return run_key(without_runtime(to_jsonable(obj)), 12)
 
 
 def ensure_distilled(cfg: DistillConfig, root: Path, progress: bool = True) -> Path:
@@ -74,8 +77,6 @@ def ensure_distilled(cfg: DistillConfig, root: Path, progress: bool = True) -> P
 
 def eval_table(max_tiles: int = 0, seed: int = 0) -> pd.DataFrame:
     """Adenocarcinoma and squamous tiles of both sources, with split (train/test), y and source."""
-    from maga_core.data.tiles import tile_table
-
     df = pd.concat([tile_table(d) for d in EVAL_DATASETS], ignore_index=True)
     df = df[df["class"].isin(CLASSES)].copy()
     df["y"] = df["class"].map({c: i for i, c in enumerate(CLASSES)})
@@ -108,8 +109,6 @@ def probe(train_x, train_y, test_x, test_y, c: float, n_boot: int, seed: int, gr
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from maga_core.stats import bootstrap_metrics
-
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
     clf.fit(train_x, train_y)
     prob = clf.predict_proba(test_x)[:, 1]
@@ -132,8 +131,6 @@ def _teacher_cache(ckpt: Path) -> dict[str, np.ndarray]:
 
 def _models(cfg: StudyConfig, ckpt: Path) -> list[dict]:
     """Who is compared, each at the input size it is deployed at (both students at the same size)."""
-    from maga_core import encoders
-
     d = cfg.distill
     teacher_px = d.teacher_px or encoders.spec(d.teacher).input_px
     student_px = d.input_px or teacher_px
@@ -242,8 +239,6 @@ def measured_claims(result: dict) -> dict[str, float]:
 
 def claims(result: dict) -> pd.DataFrame:
     """The seed's three cost claims next to what this run measured (distilled student vs teacher)."""
-    from maga.records import paper_results
-
     seed = paper_results()["g2l_distillation"]
     here = measured_claims(result)
     labels = {"speedup": "inference speed-up (x)", "memory_reduction": "memory reduction",
@@ -255,9 +250,6 @@ def claims(result: dict) -> pd.DataFrame:
 
 def save_summary(result: dict, runs: Path) -> Path:
     """Hand the cost figures to the reproduction summary (chapter 09), with how our setting differs."""
-    from maga import records
-    from maga_core.encoders.base import load_torch_file
-
     here = measured_claims(result)
     t, s = result["rows"][0], result["rows"][1]
     ckpt = load_torch_file(result["checkpoint"], "distilled student checkpoint")
@@ -277,8 +269,6 @@ def save_summary(result: dict, runs: Path) -> Path:
 def study_config(P: dict) -> StudyConfig:
     """A StudyConfig from a chapter's preset dict (keys: distill {DistillConfig fields}, measure
     {batch_size, batches, repeats, threads}, and StudyConfig's own fields)."""
-    from maga.distill.train import config_from_dict
-
     d = config_from_dict(dict(P.get("distill") or {}))
     m = P.get("measure") or {}
     names = {f.name for f in dataclasses.fields(StudyConfig)} - {"distill"}

@@ -30,12 +30,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from maga_core.config import atomic_path, save_config, to_jsonable, write_json
-from maga.distill.augment import AugmentConfig, geometric_view, photometric
-from maga.distill.losses import get_loss
+from maga_core.data.tiles import tile_table
 from maga_core.device import Runtime, resolve, without_runtime
 from maga_core.encoders import build
-from maga_core.encoders.mobilenet import CHECKPOINT_FORMAT, STUDENT_SPECS, Prepare, read_checkpoint, resize_tile
+from maga_core.encoders.mobilenet import (CHECKPOINT_FORMAT, Prepare, STUDENT_SPECS, read_checkpoint,
+                                          resize_tile)
 from maga_core.errors import MagaError
+from maga.distill.augment import AugmentConfig, geometric_view, photometric
+from maga.distill.losses import get_loss
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
 TEACHER_VIEWS = ("clean", "same")
@@ -87,8 +89,6 @@ class DistillResult:
 def collect_tiles(cfg: DistillConfig) -> list[str]:
     """Paths of the training tiles: the `split` rows of each dataset's tile table plus every image under
     `tile_dirs`; a seeded subset of `max_tiles` if set."""
-    from maga_core.data.tiles import tile_table
-
     paths: list[str] = []
     for ds in cfg.datasets:
         table = tile_table(ds)

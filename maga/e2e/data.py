@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from maga.e2e.sampling import part_slice, sample_tiles
+from maga_core import slides
 from maga_core.errors import MagaError
+from maga.e2e.sampling import part_slice, sample_tiles
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -90,8 +91,6 @@ class SlideBag:
 
     def read(self, indices: Sequence[int], mag: float, px: int | None = None) -> np.ndarray:
         """uint8 [k, px, px, 3] via slides.read_patch; px defaults to the 128 um square at `mag`."""
-        from maga_core import slides
-
         reader = _READERS.get(self.path)
         if reader is None:  # one open reader per slide and process (ranks read in parallel)
             reader = _READERS[self.path] = slides.open_slide(self.path, mpp=self.mpp)
@@ -142,8 +141,6 @@ class BagDataset:
 def slide_bag(name: str, label: int, path: str, mag: float, mpp: float | None = None) -> SlideBag:
     """A slide's tissue tiles as a bag: tissue mask, then the aligned grid of 128 um squares (the
     same squares at 20x and at `mag`), so one bag serves every magnification."""
-    from maga_core import slides
-
     reader = slides.open_slide(path, mpp=mpp)
     try:
         coords = slides.aligned_grid(reader, slides.detect_tissue(reader), mags=sorted({20.0, float(mag)}))

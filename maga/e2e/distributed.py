@@ -33,15 +33,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from maga.e2e.data import BagDataset
-from maga.e2e.sampling import epoch_order, split_counts
-from maga.e2e.train import (E2EConfig, E2EResult, TileEncoder, _check_dataset, _n_steps, auc,
-                                 build_aggregator, build_encoder, device_for, make_optimizer, named_grads,
-                                 named_params, prepare_for, resolve_runtime, save_result, set_modes, slide_loss,
-                                 step_seed,
-                                 torch_dtype, VAL_EPOCH)
 from maga_core.config import atomic_path
 from maga_core.errors import MagaError
+from maga.e2e.data import BagDataset
+from maga.e2e.sampling import epoch_order, split_counts
+from maga.e2e.train import (E2EConfig, E2EResult, TileEncoder, VAL_EPOCH, _check_dataset, _n_steps, auc,
+                            build_aggregator, build_encoder, device_for, make_optimizer, named_grads,
+                            named_params, prepare_for, resolve_runtime, save_result, set_modes, slide_loss,
+                            step_seed, torch_dtype, train)
 
 AGGREGATOR_RANK = 0
 
@@ -379,8 +378,6 @@ def one_process_run(cfg: E2EConfig, train_set: BagDataset, steps: int = 3, threa
                     dtype: str | None = None) -> dict[str, Any]:
     """The recorded one-process run that `check_equivalence` compares against (`steps` steps, in
     `dtype` when given), on `threads` CPU threads."""
-    from maga.e2e.train import train
-
     cfg = dataclasses.replace(cfg, max_steps=steps, epochs=max(cfg.epochs, 1), dtype=dtype or cfg.dtype)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

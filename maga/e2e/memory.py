@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 from maga_core.errors import MagaError
+from maga.e2e.train import E2EConfig, TileEncoder, build_encoder, set_modes
 
 
 @dataclasses.dataclass
@@ -56,8 +57,6 @@ def measure_once(encoder: str, px: int, batch: int, amp: bool, checkpoint: bool,
     """One training step on `batch` random tiles of `px` (runs in the calling process: call it
     through `measure` to get a fresh one). Frozen BatchNorm statistics, as in e2e training."""
     import torch
-
-    from maga.e2e.train import E2EConfig, TileEncoder, build_encoder, set_modes
 
     torch.set_num_threads(threads)
     cfg = E2EConfig(encoder=encoder, amp=amp, checkpoint=checkpoint, chunk=chunk)

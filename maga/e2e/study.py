@@ -16,9 +16,11 @@ from typing import Any
 
 import pandas as pd
 
-from maga.e2e.data import BagDataset, SlideBag, cohort_bags
-from maga.e2e.train import E2EConfig, train
+from maga_core.data.tiles import tile_table
 from maga_core.errors import MagaError
+from maga.e2e.data import BagDataset, SlideBag, TileBag, cohort_bags
+from maga.e2e.train import E2EConfig, train
+from maga.experiments.tile_slides import CohortConfig, ensure_cohort
 
 
 @dataclasses.dataclass
@@ -49,16 +51,12 @@ class StudyConfig:
 
 
 def cohort_config(cfg: StudyConfig):
-    from maga.experiments.tile_slides import CohortConfig
-
     return CohortConfig(task=cfg.task, n_patients=cfg.n_patients, slides_per_patient=cfg.slides_per_patient,
                         folds=cfg.folds, grid=cfg.grid, include_tcga=cfg.include_tcga, seed=cfg.cohort_seed)
 
 
 def load_split(cfg: StudyConfig, root: str | Path, progress: bool = True) -> tuple[list[SlideBag], list[SlideBag]]:
     """Build (or reuse) the cohort under `root`; train / validation bags split by patient fold."""
-    from maga.experiments.tile_slides import ensure_cohort
-
     cohort = ensure_cohort(cohort_config(cfg), root, progress=progress)
     bags = cohort_bags(cohort, cfg.mag)
     val_slides = set(cohort.slides.loc[cohort.slides["fold"].isin(cfg.val_folds), "slide"])
@@ -130,9 +128,6 @@ def summarise(study: pd.DataFrame) -> dict[str, Any]:
 def equivalence_bags() -> list[SlideBag]:
     """Real 20x tiles for the equivalence check: the training cases of uni_tcga_luadlusc (TCGA LUAD /
     LUSC, 10 tiles per case), one bag per case, label 1 = squamous."""
-    from maga_core.data.tiles import tile_table
-    from maga.e2e.data import TileBag
-
     df = tile_table("uni_tcga_luadlusc")
     df = df[df["split"] == "train"]
     return [TileBag(g, int(sub["class"].iloc[0] == "squamous"), tuple(sorted(sub["path"])))

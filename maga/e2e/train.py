@@ -26,10 +26,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 from tqdm.auto import tqdm
 
+from maga_core import align as maga, encoders, mil
 from maga_core.config import atomic_path, save_config, write_json
+from maga_core.device import resolve_device, resolve_precision
+from maga_core.errors import MagaError
 from maga.e2e.data import BagDataset, imagenet_prepare
 from maga.e2e.sampling import epoch_order
-from maga_core.errors import MagaError
 
 VAL_EPOCH = 10_000  # the sampling "epoch" of validation draws: fixed, and never one used in training
 
@@ -112,8 +114,6 @@ def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
 
 def resolve_runtime(cfg: E2EConfig, device: str | None = None) -> E2EConfig:
     """`cfg` with its device (or the given one) and precision resolved, `amp` meaning precision != fp32."""
-    from maga_core.device import resolve_device, resolve_precision
-
     dev = device or resolve_device(cfg.device)
     if cfg.amp and cfg.precision == "auto":
         precision = "fp16" if dev.startswith("cuda") else "bf16"
@@ -126,12 +126,8 @@ def build_encoder(cfg: E2EConfig) -> nn.Module:
     """The registry encoder (or MAGA student) with the same initial weights on every rank."""
     torch.manual_seed(cfg.seed)
     if cfg.encoder.startswith("maga:"):
-        from maga_core import align as maga
-
         encoder = maga.load_student(cfg.encoder[len("maga:"):])
     else:
-        from maga_core import encoders
-
         encoder = encoders.build(cfg.encoder)
     if cfg.freeze_encoder:
         encoder.requires_grad_(False)
@@ -139,8 +135,6 @@ def build_encoder(cfg: E2EConfig) -> nn.Module:
 
 
 def build_aggregator(cfg: E2EConfig, in_dim: int) -> nn.Module:
-    from maga_core import mil
-
     torch.manual_seed(cfg.seed + 1)
     return mil.build(cfg.aggregator, in_dim, cfg.n_classes, **cfg.aggregator_kw)
 

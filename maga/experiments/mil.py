@@ -21,11 +21,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from maga_core.align.tilesource import resolve_tiles
 from maga_core.config import atomic_path, save_config
+from maga_core.data.manifests import reference_path
+from maga_core.data.tiles import tile_table
 from maga_core.errors import MagaError
-from maga.experiments.tile_slides import CohortConfig, ensure_cohort
 from maga_core.mil.cv import CVConfig, load_results, run_cv
 from maga_core.mil.gltrans import LOCAL_DILATIONS
+from maga_core.mil.train import TrainConfig
+from maga_core.stats import delong_test
+from maga import records
+from maga.runs import run_key
+from maga.alignment.ensure import ensure_student
+from maga.experiments.tile_slides import CohortConfig, check_leaks, ensure_cohort, load_cohort
+from maga.extract import ExtractConfig, extract_batch
 
 SETTINGS = {"20x": "20x", "5x": "5x", "5x_up": "5x upsampled", "5x_maga": "5x+MAGA"}  # folder -> display name
 PLACED = "@coords"  # model-name suffix: the grid placed by tissue coordinates (GLTrans, TransMIL)
@@ -103,8 +112,6 @@ def trained_tiles(student: str | Path) -> list[Path]:
     """The tile images a MAGA student trained on, from the settings saved in its checkpoint."""
     import torch
 
-    from maga_core.align.tilesource import resolve_tiles
-
     saved = torch.load(student, map_location="cpu", weights_only=True)["config"]
     return resolve_tiles(saved["tiles"], saved.get("max_tiles"), saved.get("seed", 0))
 
@@ -118,16 +125,12 @@ def cv_dir(root: str | Path, cfg: ExperimentConfig, setting: str, model: str) ->
 
 def student_checkpoint(cfg: ExperimentConfig, runs: Path, progress: bool = True) -> Path:
     """The 5x MAGA student (native mode) this run uses, trained once and shared with other chapters."""
-    from maga.alignment.ensure import ensure_student
-
     return ensure_student(runs, teacher=cfg.encoder, **{"mag": 5.0, "mode": "native", **cfg.student}, progress=progress)
 
 
 def extract_setting(cfg: ExperimentConfig, setting: str, slides_dir: Path, out: Path, progress: bool,
                     runs: Path) -> Path:
     """Feature files of every cohort slide for one setting (resumes; failures are an error here)."""
-    from maga.extract import ExtractConfig, extract_batch
-
     if setting == "20x":
         kw: dict[str, Any] = {"mag": 20.0}
     elif setting == "5x":
@@ -148,7 +151,6 @@ def extract_setting(cfg: ExperimentConfig, setting: str, slides_dir: Path, out: 
 
 def paper_figure(task: str, model: str, setting: str) -> tuple[str, float | None, list[float] | None]:
     """(key path, mean, CI) of the paper figure this cell stands beside; ("", None, None) if none."""
-    from maga_core.data.manifests import reference_path
     import yaml
 
     section, keys = PAPER_KEYS[task]
@@ -187,8 +189,6 @@ def results_table(root: Path, cfg: ExperimentConfig) -> pd.DataFrame:
 
 def _paired(root: Path, cfg: ExperimentConfig, a: tuple[str, str], b: tuple[str, str]) -> dict[str, Any] | None:
     """Patient-clustered DeLong test of two (setting, model) runs on the same test slides (binary tasks)."""
-    from maga_core.stats import delong_test
-
     pa = load_results(cv_dir(root, cfg, *a))["predictions"].set_index(["fold", "slide"])
     pb = load_results(cv_dir(root, cfg, *b))["predictions"].set_index(["fold", "slide"]).loc[pa.index]
     if pa["prob_1"].isna().any() or "prob_2" in pa.columns:
@@ -244,8 +244,6 @@ def selection_table(root: Path, cfg: ExperimentConfig) -> pd.DataFrame:
 
 def cohort_facts(root: str | Path, cfg: ExperimentConfig, runs: Path) -> dict[str, Any]:
     """The numbers chapter 04's prose quotes, computed from the built cohort and the student's tile list."""
-    from maga.experiments.tile_slides import load_cohort
-
     cohort = load_cohort(Path(root) / "cohort")
     slides, tiles = cohort.slides, cohort.tiles
     folds = cfg.folds or cfg.cohort.folds
@@ -269,8 +267,6 @@ def cohort_facts(root: str | Path, cfg: ExperimentConfig, runs: Path) -> dict[st
 
 
 def _source_paths(source: pd.DataFrame) -> list[str]:
-    from maga_core.data.tiles import tile_table
-
     out = []
     for dataset, sub in source.groupby("dataset"):
         paths = tile_table(dataset).set_index("relpath")["path"]
@@ -282,8 +278,6 @@ def run_experiment(cfg: ExperimentConfig, root: str | Path, runs: Path, progress
                    ) -> dict[str, pd.DataFrame]:
     """All stages, each resumed from what `root` already holds; returns the result tables. Refuses
     (MagaError) a cohort whose test slides show a tile the student or an aggregator trained on."""
-    from maga.experiments.tile_slides import check_leaks
-
     root = Path(root)
     cohort = ensure_cohort(cfg.cohort, root / "cohort", progress=progress)
     folds = cfg.folds or cfg.cohort.folds
@@ -338,10 +332,7 @@ def _identity(d: dict[str, Any]) -> dict[str, Any]:
 
 def default_root(cfg: ExperimentConfig, runs: Path) -> Path:
     """<runs>/mil_evidence/<task>_<hash of the config>: chapters 04 and 05 share one run."""
-    import hashlib
-
-    key = hashlib.sha256(json.dumps(_identity(dataclasses.asdict(cfg)), sort_keys=True).encode()).hexdigest()[:10]
-    return Path(runs) / "mil_evidence" / f"{cfg.cohort.task}_{key}"
+    return Path(runs) / "mil_evidence" / f"{cfg.cohort.task}_{run_key(_identity(dataclasses.asdict(cfg)))}"
 
 
 def ensure_experiment(cfg: ExperimentConfig, runs: Path, root: str | Path | None = None,
@@ -385,101 +376,9 @@ def roc_curves(root: str | Path, cfg: ExperimentConfig, model: str) -> dict[str,
     return curves
 
 
-@dataclass
-class SlideMaps:
-    """Per-patch maps of one slide in one setting: coords, instance scores, K-means cluster ids."""
-
-    slide: str
-    setting: str
-    coords: np.ndarray
-    scores: np.ndarray
-    clusters: np.ndarray
-    prob: float
-    label: int
-    patch_size0: int
-
-
-def slide_maps(root: str | Path, cfg: ExperimentConfig, slide: str, model: str = "gltrans", k: int = 4,
-               seed: int = 0) -> dict[str, SlideMaps]:
-    """Instance scores from the fold model that tested `slide`, and K-means (k) clusters of its patch
-    features, in every setting. Cluster ids are matched to the 20x clustering (Hungarian on overlap)
-    so that one colour means the same group of patches across settings."""
-    import torch
-    from scipy.optimize import linear_sum_assignment
-    from sklearn.cluster import KMeans
-
-    from maga_core.data.features import read_features
-    from maga_core.mil.train import load_checkpoint, torch_threads
-    from maga_core.slides import mpp_for_mag
-
-    root = Path(root)
-    maps: dict[str, SlideMaps] = {}
-    ref: np.ndarray | None = None
-    for setting in cfg.settings:
-        where = cv_dir(root, cfg, setting, model)
-        res = load_results(where)
-        row = res["predictions"].loc[res["predictions"]["slide"] == slide]
-        if row.empty:
-            raise MagaError(f"slide {slide!r} was never tested", where)
-        fold = int(row["fold"].iloc[0])
-        net, tcfg = load_checkpoint(where / f"fold_{fold:02d}" / "checkpoint.pt")
-        ff = read_features(root / "features" / setting / f"{slide}.h5")
-        with torch_threads(tcfg.threads):
-            out = net(torch.from_numpy(ff.features), coords=torch.from_numpy(ff.coords))
-            scores = out.scores
-        clusters = KMeans(n_clusters=min(k, len(ff)), n_init=10, random_state=seed).fit_predict(ff.features)
-        if ref is None:
-            ref, ref_coords = clusters, ff.coords
-        elif np.array_equal(ff.coords, ref_coords):
-            overlap = np.zeros((k, k))
-            np.add.at(overlap, (clusters, ref), 1)
-            rows, cols = linear_sum_assignment(-overlap)
-            mapping = np.empty(k, dtype=int)
-            mapping[rows] = cols
-            clusters = mapping[clusters]
-        patch0 = int(round(float(ff.attrs["patch_px"]) * mpp_for_mag(float(ff.attrs["magnification"]))
-                           / float(ff.attrs["mpp"])))
-        maps[SETTINGS[setting]] = SlideMaps(slide, SETTINGS[setting], ff.coords, scores.detach().numpy(), clusters,
-                                            float(row["prob_1"].iloc[0]), int(row["label"].iloc[0]), patch0)
-    return maps
-
-
-def lesion_fraction(coords: np.ndarray, patch_size0: int, lesion_tiles: pd.DataFrame) -> np.ndarray:
-    """Share of each patch's square covered by the slide's lesion tiles (cohort manifest geometry)."""
-    frac = np.zeros(len(coords))
-    for t in lesion_tiles.itertuples():
-        ox = np.clip(np.minimum(coords[:, 0] + patch_size0, t.x + t.w) - np.maximum(coords[:, 0], t.x), 0, None)
-        oy = np.clip(np.minimum(coords[:, 1] + patch_size0, t.y + t.h) - np.maximum(coords[:, 1], t.y), 0, None)
-        frac += ox * oy
-    return frac / float(patch_size0) ** 2
-
-
-def lesion_localisation(root: str | Path, cfg: ExperimentConfig, model: str = "gltrans", k: int = 4,
-                        max_slides: int | None = None, min_overlap: float = 0.25) -> pd.DataFrame:
-    """How well instance scores find the planted lesion: per lesion slide and setting, the AUC of the
-    scores for patches covering >= `min_overlap` lesion versus the rest (0.5 = no better than chance)."""
-    from sklearn.metrics import roc_auc_score
-
-    from maga.experiments.tile_slides import load_cohort
-
-    cohort = load_cohort(Path(root) / "cohort")
-    pos = cohort.slides[cohort.slides["label"] == 1]["slide"].tolist()[:max_slides]
-    rows = []
-    for slide in pos:
-        lesion = cohort.tiles[(cohort.tiles["slide"] == slide) & (cohort.tiles["role"] == "lesion")]
-        for setting, m in slide_maps(root, cfg, slide, model, k).items():
-            inside = lesion_fraction(m.coords, m.patch_size0, lesion) >= min_overlap
-            auc = roc_auc_score(inside, m.scores) if 0 < inside.sum() < len(inside) else float("nan")
-            rows.append({"slide": slide, "setting": setting, "lesion_patches": int(inside.sum()),
-                         "patches": len(inside), "instance_auc": auc, "slide_prob": m.prob})
-    return pd.DataFrame(rows)
-
-
 def summary_figures(table: pd.DataFrame, cfg: ExperimentConfig) -> dict[str, Any]:
     """The measured cells that have a paper counterpart, nested by paper_results.yaml key path: AUCs,
     MAGA's relative AUC gain at 5x for TransMIL and CLAM, and the CV and GLTrans settings used."""
-    from maga_core.mil.train import TrainConfig
-
     figures: dict[str, Any] = {}
     for r in table.dropna(subset=["paper_auc"]).itertuples():
         node = figures
@@ -508,8 +407,6 @@ def summary_figures(table: pd.DataFrame, cfg: ExperimentConfig) -> dict[str, Any
 
 def save_summary(tables: dict[str, pd.DataFrame], cfg: ExperimentConfig, runs: Path) -> Path:
     """Hand this chapter's AUCs to the reproduction summary (chapter 09), with what differs from the paper."""
-    from maga import records
-
     section = PAPER_KEYS[cfg.cohort.task][0]
     c = cfg.cohort
     features = f"{cfg.encoder} (ImageNet) features and its MAGA student (native 5x) instead of ResNet50"

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from maga_core.config import atomic_path, load_config, save_config, write_json
 from maga_core.data.tiles import tile_table
 from maga_core.errors import MagaError
+from maga.slide_tools.writer import write_pyramidal_tiff
 
 LC25000 = "lc25000_lung_224_dedup"
 TCGA_TILES = "uni_tcga_luadlusc"
@@ -272,8 +273,6 @@ def build_cohort(cfg: CohortConfig, root: str | Path, progress: bool = True) -> 
     Resumable: slides already on disk are kept (the plan is deterministic in `cfg.seed`); the manifest
     files are written last, so a cohort with a cohort.json is complete.
     """
-    from maga.slide_tools.writer import write_pyramidal_tiff
-
     root = Path(root)
     slides, tiles = plan_cohort(cfg)
     sources = _source_tiles(cfg)

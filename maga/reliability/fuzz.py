@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from maga_core.errors import MagaError
+from maga_core.slides import open_slide
 from maga.reliability.kills import REPO, child_env
 from maga.reliability.limits import preexec
 
@@ -31,9 +33,6 @@ KINDS = ("flip_ifd", "absurd_size", "resolution", "offsets", "truncate", "mpp_ov
 def _worker_main() -> None:
     """One case per stdin line ({"path", "mpp"}), one JSON answer per stdout line."""
     import resource
-
-    from maga_core.errors import MagaError
-    from maga_core.slides import open_slide
 
     for line in sys.stdin:
         case = json.loads(line)

@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from maga.reliability.kills import CLI_MODULE
+
 
 def _refuse_under(folder: Path) -> None:
     root = str(folder.resolve())
@@ -49,8 +51,6 @@ def _refuse_under(folder: Path) -> None:
 
 
 def main() -> None:
-    from maga.reliability.kills import CLI_MODULE
-
     _refuse_under(Path(sys.argv[1]))
     sys.argv = ["maga", *sys.argv[2:]]
     cli = __import__(CLI_MODULE, fromlist=["main"])

@@ -13,7 +13,11 @@ from typing import Callable
 
 import numpy as np
 
+from maga_core.data.features import read_features, write_features
+from maga_core.data.tiles import tile_table
+from maga_core.errors import MagaError
 from maga.reliability.kills import Compare, child_env, first_write_s, maga_argv
+from maga.slide_tools.generator import generate_slide
 
 ENCODER = "efficientnet_lite0"
 
@@ -36,9 +40,6 @@ def _visible(folder: Path, pattern: str) -> dict[str, Path]:
 
 
 def _compare_features(ref: Path) -> Compare:
-    from maga_core.data.features import read_features
-    from maga_core.errors import MagaError
-
     expected = {k: read_features(p) for k, p in _visible(ref, "*.h5").items()}
 
     def compare(out: Path, final: bool) -> tuple[list[str], float]:
@@ -120,8 +121,6 @@ def _compare_cv(ref: Path) -> Compare:
 
 def make_slides(folder: Path, n: int, side: int) -> Path:
     """`n` seeded slides of side x side px at 0.5 um/px mosaicked from real LC25000 tiles."""
-    from maga.slide_tools.generator import generate_slide
-
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         generate_slide(folder / f"slide_{i:02d}.tif", side, side, seed=100 + i, progress=False)
@@ -132,8 +131,6 @@ def make_slides(folder: Path, n: int, side: int) -> Path:
 
 def make_tiles(folder: Path, n: int) -> Path:
     """`n` real LC25000 tiles (224 px, 0.5 um/px), the first of each class in turn."""
-    from maga_core.data.tiles import tile_table
-
     table = tile_table("lc25000_lung_224_dedup")
     picks = table.groupby("label", sort=True).head(-(-n // table["label"].nunique())).head(n)
     folder.mkdir(parents=True, exist_ok=True)
@@ -144,8 +141,6 @@ def make_tiles(folder: Path, n: int) -> Path:
 
 def make_bags(folder: Path, n_slides: int, dim: int = 32, seed: int = 0) -> tuple[Path, Path]:
     """Seeded bags of two classes (class 1 shifts a few instances) and their labels CSV."""
-    from maga_core.data.features import write_features
-
     rng = np.random.default_rng(seed)
     feats = folder / "features"
     rows = ["slide,label,patient"]

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from maga_core.config import file_sha256
+from maga_core.slides import open_slide
+from maga.telepath.server import ServeConfig, ServerThread, create_app
 
 
 class InfoAnalyzer:
@@ -23,8 +25,6 @@ class InfoAnalyzer:
         self.lock = threading.Lock()
 
     def analyze(self, path: Path, magnification: float) -> dict:
-        from maga_core.slides import open_slide
-
         with self.lock:
             self.paths.append(Path(path))
             self.running += 1
@@ -85,8 +85,6 @@ def load(url: str, token: str, slide: Path, clients: int, uploads: int, upload_d
     and dimensions."""
     import httpx
 
-    from maga_core.slides import open_slide
-
     want_sha = file_sha256(slide)
     with open_slide(slide, mpp=0.25) as r:
         want_dims = list(r.dimensions)
@@ -120,8 +118,6 @@ def load(url: str, token: str, slide: Path, clients: int, uploads: int, upload_d
 
 def serve_main(upload_dir: str, token: str, body_timeout_s: float) -> None:
     """The service in its own process (so its memory is its own): prints its URL, serves until killed."""
-    from maga.telepath.server import ServeConfig, ServerThread, create_app
-
     app = create_app(InfoAnalyzer(), ServeConfig(token=token, max_upload_bytes=64 * 1024**2, upload_dir=upload_dir,
                                                  body_timeout_s=body_timeout_s))
     with ServerThread(app) as url:

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from maga_core.config import write_json
+from maga_core.data.tiles import tile_table
 from maga_core.errors import MagaError
 from maga.slide_tools.writer import write_pyramidal_tiff
 
@@ -41,7 +42,6 @@ def _tile_pool(spec: SlideSpec, rng: np.random.Generator) -> tuple[dict[str, lis
         paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
         table = {"tissue": [str(p) for p in paths]}
     else:  # a dataset name: tiles come verified through the data manifests (lazy: data sits above slides)
-        from maga_core.data.tiles import tile_table
 
         df = tile_table(spec.tile_source)
         table = {c: sorted(g["path"]) for c, g in df.groupby("class")}

@@ -19,9 +19,10 @@ from tqdm.auto import tqdm
 from maga_core.config import atomic_path, save_config, write_json
 from maga_core.errors import MagaError
 from maga_core.slides.magnification import format_mag, patch_px_for_mag
+from maga_core.slides.opener import open_slide
 from maga_core.slides.patch_grid import DEFAULT_MAGS, aligned_grid, level0_square_side
 from maga_core.slides.patches import read_patch
-from maga_core.slides.opener import open_slide
+from maga_core.slides.reader import SLIDE_SUFFIXES
 from maga_core.slides.tissue import TissueConfig, detect_tissue, overlay
 
 SUMMARY = "summary.json"
@@ -114,8 +115,6 @@ def tile_slide(slide: str | Path, out_dir: str | Path, cfg: TileConfig | None = 
 def tile_folder(folder: str | Path, out_dir: str | Path, cfg: TileConfig | None = None,
                 overwrite: bool = False) -> dict[str, Any]:
     """Tile every slide in `folder` into out_dir/<stem>/; skip finished ones, report failures."""
-    from maga_core.slides.reader import SLIDE_SUFFIXES
-
     folder = Path(folder)
     slides = sorted(p for p in folder.iterdir()
                     if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SLIDE_SUFFIXES)

@@ -12,6 +12,8 @@ from typing import Callable, Iterator
 import httpx
 
 from maga_core.errors import MagaError
+from maga_core.slides import open_slide
+from maga.slide_tools.writer import write_at_magnification
 
 CHUNK = 64 * 1024
 
@@ -87,9 +89,6 @@ def upload(path: str | Path, server: str, token: str, magnification: float,
 def send(slide: str | Path, server: str, token: str, magnification: float,
          bandwidth_mbps: float | None = None, mpp: float | None = None) -> SendReport:
     """Write `slide` at `magnification` (its own pyramidal TIFF), upload it, and time each step."""
-    from maga_core.slides import open_slide
-    from maga.slide_tools.writer import write_at_magnification
-
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="maga-send-") as tmp:
         reader = open_slide(slide, mpp=mpp)

@@ -23,6 +23,9 @@ import torch
 from maga_core.config import atomic_path, write_json
 from maga_core.device import Runtime
 from maga_core.errors import MagaError
+from maga_core.mil.train import load_checkpoint
+from maga_core.slides import aligned_grid, detect_tissue, level0_extent, open_slide
+from maga.extract import SlidePatches, embed, load_model
 
 
 @dataclass
@@ -54,8 +57,6 @@ class SlideAnalyzer:
     """Loads the networks once; `analyze` is safe to call from several threads (one forward at a time)."""
 
     def __init__(self, spec: ServiceModel, folder: Path, num_workers: int = 0, runtime: Runtime | None = None):
-        from maga_core.mil.train import load_checkpoint
-
         self.spec, self.folder, self.num_workers = spec, folder, num_workers
         self.runtime = runtime or Runtime()
         self.aggregator, _ = load_checkpoint(folder / spec.aggregator)
@@ -72,8 +73,6 @@ class SlideAnalyzer:
 
     def feature_model(self, mag: float):
         """The teacher at 20x (or without a student), else the MAGA student trained for `mag`."""
-        from maga.extract import load_model
-
         if mag not in self._models:
             student = self.spec.students.get(f"{mag:g}")
             self._models[mag] = (load_model(self.spec.encoder, student=self.folder / student, runtime=self.runtime)
@@ -81,9 +80,6 @@ class SlideAnalyzer:
         return self._models[mag]
 
     def analyze(self, path: Path, magnification: float) -> dict:
-        from maga.extract import SlidePatches, embed
-        from maga_core.slides import aligned_grid, detect_tissue, level0_extent, open_slide
-
         t0 = time.perf_counter()
         with open_slide(path) as reader:
             mask = detect_tissue(reader)

@@ -8,16 +8,15 @@ import json
 from pathlib import Path
 
 from maga_core.errors import MagaError
+from maga import presets
+from maga.experiments.mil import ExperimentConfig, default_root, ensure_experiment, student_checkpoint
+from maga.telepath.pipeline import ServiceModel, save_service_model
 
 AGGREGATOR = "gltrans"
 
 
 def ensure_service_model(preset: str, runs: Path, aggregator: str = AGGREGATOR, progress: bool = True) -> Path:
     """<runs>/telepath/service_...: bundled once from chapter 4's run under `preset` (run if absent)."""
-    from maga import presets
-    from maga.experiments.mil import ExperimentConfig, default_root, ensure_experiment, student_checkpoint
-    from maga.telepath.pipeline import ServiceModel, save_service_model
-
     P = presets.resolve("04_mil_cross_validation", preset, runs=runs)
     cfg = ExperimentConfig.from_dict(P["experiment"])
     if aggregator not in cfg.models or "20x" not in cfg.settings:

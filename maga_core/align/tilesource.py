@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from maga_core.data import manifests
+from maga_core.data.tiles import select_split, tile_table
 from maga_core.errors import MagaError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
@@ -16,10 +18,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 
 def resolve_tiles(sources: list[str] | tuple[str, ...], max_tiles: int | None = None, seed: int = 0) -> list[Path]:
     """Image paths of all sources, in a stable order; `max_tiles` keeps a seeded subset (order kept)."""
-    from maga_core.data import manifests
     import pandas as pd
-
-    from maga_core.data.tiles import select_split, tile_table
 
     paths: list[Path] = []
     for source in sources:
@@ -51,8 +50,6 @@ def resolve_tiles(sources: list[str] | tuple[str, ...], max_tiles: int | None = 
 def tiles_mpp(sources: list[str] | tuple[str, ...], override: float | None = None) -> float:
     """The tiles' microns per pixel: `override` (--mpp) if given, else the `mpp` every tile dataset's
     manifest documents. A folder, or a dataset without a documented MPP, needs the override."""
-    from maga_core.data import manifests
-
     if override is not None:
         if not override > 0:
             raise MagaError(f"--mpp must be positive, got {override}")

@@ -8,7 +8,7 @@ Choices (recorded in every checkpoint):
   and re-estimating them from a few hundred tiles is noisier than letting the weights adapt.
 - Adam, lr 1e-4 multiplied by 0.95 after every epoch for 30 epochs (upstream's decay; the paper says 0.9 and
   15 epochs was our previous default): chosen on validation folds of the train tiles by `maga bench
-  maga-select` (maga.select), never on the test tiles. Each tile also in its three mirror images
+  maga-select` (maga.alignment.select), never on the test tiles. Each tile also in its three mirror images
   (`augment="flips"`, the default; upstream has none).
 - Deterministic on CPU: the tile order of epoch e comes from a generator seeded by (seed, e), so a resumed
   run sees exactly the batches an uninterrupted run would.
@@ -75,7 +75,7 @@ class AlignConfig:
     tiles: list[str] = field(default_factory=list)  # folders or "dataset[:split]" (see tilesource)
     tile_mpp: float | None = None  # the tiles' um/px; None: from the datasets' manifests
     max_tiles: int | None = None
-    epochs: int = 30  # 30 epochs at x0.95: chosen by maga.select (validation folds of the train tiles)
+    epochs: int = 30  # 30 epochs at x0.95: chosen by maga.alignment.select (validation folds of the train tiles)
     batch_size: int = 32
     lr: float = 1e-4
     lr_decay: float = 0.95  # per epoch

@@ -51,7 +51,7 @@ class EncoderSpec:
 
 
 # EfficientNet-Lite students align every stage output (equal weights) and the pooled feature x50, with
-# flips (maga.train): measured on held-out LC25000 tiles, the upstream ResNet weighting (three taps
+# flips (maga_core.align.train): measured on held-out LC25000 tiles, the upstream ResNet weighting (three taps
 # [1, 5, 10], pooled x200) without flips recovered 19% of the 20x-vs-5x AUC gap, this one ~100%
 # (results/maga_ablation.json).
 LITE_TAPS = tuple(f"blocks.{i}" for i in range(7))

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from maga_core import stats
 from maga_core.config import atomic_path, save_config, to_jsonable, write_json
 from maga_core.device import without_runtime
 from maga_core.errors import MagaError
@@ -171,8 +172,6 @@ def _metric_rows(y: np.ndarray, probs: np.ndarray, n_boot: int, confidence: floa
                  patients: np.ndarray) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Point metrics with bootstrap CIs (whole patients resampled, stratified by their classes), and the
     resampled values of each metric."""
-    from maga_core import stats
-
     rep = stats.bootstrap_metrics(y, probs, n_boot=n_boot, confidence=confidence, seed=seed, groups=patients)
     rows = [{"metric": m, "value": v["value"], "ci_low": v["ci_low"], "ci_high": v["ci_high"]}
             for m, v in rep["metrics"].items()]

@@ -29,8 +29,10 @@ from sklearn.metrics import f1_score, roc_auc_score
 from torch import nn
 from tqdm.auto import tqdm
 
+from maga_core import mil
 from maga_core.config import atomic_path, save_config, torch_save
 from maga_core.data.features import read_features
+from maga_core.device import Runtime
 from maga_core.errors import MagaError
 
 # Bags batched together differ in instance count by less than this factor; each is cut to the smallest.
@@ -287,8 +289,6 @@ def batch_loss(model: nn.Module, xs: Sequence[torch.Tensor], cs: Sequence[torch.
 
 def _train(model: nn.Module, train_bags: Sequence[Bag], val_bags: Sequence[Bag], cfg: TrainConfig,
            progress: bool, desc: str) -> TrainResult:
-    from maga_core.device import Runtime
-
     rt = Runtime(cfg.device, cfg.precision)
     model.to(rt.device)
     seed_everything(cfg.seed)
@@ -346,8 +346,6 @@ def _to_device(bag: Bag, rt) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 def build(name: str, in_dim: int, n_classes: int, **kw: Any) -> nn.Module:
     """`maga_core.mil.build`, imported late: the package registers every model when imported."""
-    from maga_core import mil
-
     return mil.build(name, in_dim, n_classes, **kw)
 
 

@@ -14,7 +14,7 @@ from maga.commands import doctor
 from maga_core.data import manifests
 from maga_core.errors import MagaError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from maga.e2e.sampling import epoch_order, part_slice, sample_tiles, split_count
 from maga.e2e.train import E2EConfig, train
 from maga_core.errors import MagaError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

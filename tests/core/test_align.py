@@ -150,7 +150,7 @@ def test_dihedral_augment_transforms_both_views_alike(real_tile):
 
 
 def test_align_cli_leaves_training_defaults_to_alignconfig():
-    """`maga align` without options trains with AlignConfig's defaults (the ones chosen by maga.select)."""
+    """`maga align` without options trains with AlignConfig's defaults (the ones chosen by maga.alignment.select)."""
     from maga.cli import build_parser
 
     args = build_parser().parse_args(["align", "--tiles", TCGA_TRAIN, "--out", "x.pt"])
