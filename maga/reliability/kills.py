@@ -49,7 +49,7 @@ class KillStats:
     kills_mid_write: int = 0  # a temporary was open in the output folder at the kill
     runs: int = 0
     trials: int = 0  # fresh output folders, each killed until a run finished by itself
-    reference_s: float = 0.0
+    write_span_s: float = 0.0  # how long the uninterrupted run went on writing (the kills' window)
     partial_taken: int = 0  # outputs present after a kill that differed from the reference (must be 0)
     final_mismatches: int = 0  # problems of the finished trials' outputs (must be 0)
     failed_runs: int = 0  # runs that exited non-zero by themselves (must be 0)
@@ -158,7 +158,7 @@ def kill_and_resume(name: str, argv: list[str], out: Path, compare: Compare, n_k
     itself. Timing from the run's own first write keeps the kills inside the work whatever the load."""
     env = env or child_env()
     rng = random.Random(seed)
-    stats = KillStats(name, reference_s=round(write_span_s, 2))
+    stats = KillStats(name, write_span_s=round(write_span_s, 2))
     log = out.parent / f"{out.stem}-run.log"
     out.parent.mkdir(parents=True, exist_ok=True)
     while stats.kills < n_kills:
