@@ -52,6 +52,8 @@ def test_mutated_slides_end_in_a_result_or_one_line_error(bases, worker, tmp_pat
         assert answer["rlimit_as"] == MEMORY_CAP and 0 < answer["peak_mb"] < MEMORY_CAP / 2**20
 
     one()
+    regression = fuzz_case(worker, bases[0], "flip_ifd", 394268934, folder, stats)  # a zero-width level
+    assert regression["outcome"] == "maga", regression  # (was a ZeroDivisionError in the benchmark)
     assert stats.cases >= 30 and stats.outcomes["maga"] > 0 and stats.outcomes["ok"] > 0, stats.outcomes
 
 
