@@ -32,7 +32,7 @@ def test_killed_runs_resume_to_the_uninterrupted_result(work, name):
     if name == "extract":  # its temporary lives while a slide is embedded; the others' for milliseconds
         assert worst.kills_mid_write == 1, worst
 
-    if name != "align":  # align's random kills (slowest) run in the benchmark only
+    if name == "extract":  # random kills of align and mil (slower runs) in the benchmark only
         random_kills = kill_and_resume(name, scenario.command(out), out, compare, n_kills=1, seed=23,
                                        write_span_s=seconds - start_s, pattern=scenario.writes)
         assert random_kills.kills == 1 and random_kills.lost == 0, random_kills.problems
