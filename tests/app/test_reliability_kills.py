@@ -1,7 +1,7 @@
 """kill -9 of real `maga extract`, `maga align` and `maga mil` processes (issue 23): once at the worst
-moment (an output being written) and at seeded random times; every rerun resumes to outputs bit-equal to
-an uninterrupted run's, and nothing that looks finished after a kill differs from it. `maga bench
-reliability` runs the same with >= 20 kills per command."""
+moment (an output being written), and extract also at a seeded random time; every rerun resumes to
+outputs bit-equal to an uninterrupted run's, and nothing that looks finished after a kill differs from it.
+`maga bench reliability` runs >= 20 seeded random kills per command."""
 
 from __future__ import annotations
 
