@@ -53,6 +53,8 @@ MAKERS: tuple[Maker, ...] = (
     Maker("bench_datapath", ("bench_datapath.json",),
           (MAGA + ("bench", "datapath", "--json", "--reader-of-record", "--out", "{results}/bench_datapath.json"),),
           minutes=3),
+    Maker("reliability", ("reliability.json",),
+          (MAGA + ("bench", "reliability", "--json", "--out", "{results}/reliability.json"),), minutes=30),
     Maker("maga_bench", ("maga_bench.json",),
           (MAGA + ("bench", "maga", "--json", "--workdir", "{work}/maga_bench", "--modes", "native",
                    "--out", "{results}/maga_bench.json"),), minutes=15),

@@ -32,6 +32,7 @@ ALLOWED = [
     (r"decaying by 0\.95 per epoch", "the learning-rate decay, a setting chosen on validation folds"),
     (r"Adam 1e-4 x0\.95 per epoch", "the learning-rate decay, a setting chosen on validation folds"),
     (r"0\.\d+ um/px", "a slide's resolution read from its file"),
+    (r"\d+ s by default", "a command's default setting (a timeout), not a measurement"),
 ]
 
 
