@@ -25,12 +25,12 @@ def level0_tiles(path: Path) -> list[tuple[int, int, int, int]]:
 def damage_tiles(src: Path, dst: Path, n_tiles: int, seed: int, where: str = "header",
                  n_bytes: int = 12) -> list[tuple[int, int]]:
     """Copy `src` to `dst` with `n_bytes` bytes flipped (XOR 0xFF) in each of `n_tiles` level-0 tiles
-    from the middle of the slide; `where` "header" (the tile's first bytes) or "data" (inside its
+    among the n_tiles + 1 nearest the slide's centre (where tissue patches sit); `where` "header" (the tile's first bytes) or "data" (inside its
     entropy-coded data). Returns the damaged tiles' level-0 (x, y)."""
     tiles = level0_tiles(src)
     rng = np.random.default_rng(seed)
     middle = sorted(tiles, key=lambda t: (t[0] - tiles[-1][0] / 2) ** 2 + (t[1] - tiles[-1][1] / 2) ** 2)
-    picks = [middle[int(i)] for i in sorted(rng.choice(min(len(middle), 3 * n_tiles), n_tiles, replace=False))]
+    picks = [middle[int(i)] for i in sorted(rng.choice(min(len(middle), n_tiles + 1), n_tiles, replace=False))]
     data = bytearray(Path(src).read_bytes())
     for _, _, off, size in picks:
         at = range(off, off + n_bytes) if where == "header" else rng.integers(off + size // 4, off + size - 2, n_bytes)

@@ -44,7 +44,8 @@ def test_damaged_jpeg_tiles_name_the_slide_and_region_and_the_batch_finishes(sli
     shutil.copytree(slides, batch)
     damaged = damage_tiles(slides / "slide_00.tif", batch / "slide_00_damaged.tif", n_tiles=3, seed=0)
     out = tmp_path / "out"
-    proc = maga("extract", *EXTRACT, "--input", str(batch), "--out", str(out))
+    at_20x = [*EXTRACT[:EXTRACT.index("--mag")], "--mag", "20", *EXTRACT[EXTRACT.index("--mag") + 2:]]
+    proc = maga("extract", *at_20x, "--input", str(batch), "--out", str(out))  # 20x reads level 0, the damaged one
     assert proc.returncode == 1, proc.stderr[-2000:]
     failed = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("failed:")]
     assert len(failed) == 1 and "slide_00_damaged.tif" in failed[0], proc.stdout
