@@ -23,11 +23,6 @@ def test_every_named_commit_exists_and_predates_head():
                 assert done.returncode == 0, f"{e['setting']}: {key} {e[key]} is not a commit of this history"
 
 
-def test_readme_block_is_rendered_from_the_data_file():
-    text = disclosures.README.read_text()
-    assert disclosures.readme_block() in text, "README out of date: run python -m maga.book.disclosures"
-
-
 @pytest.mark.parametrize("chapter, notebook", [("03", "03_feature_quality"), ("04", "04_mil_cross_validation")])
 def test_chapter_ends_with_its_disclosures(chapter, notebook):
     cells = json.loads((disclosures.REPO_ROOT / "notebooks" / f"{notebook}.ipynb").read_text())["cells"]

@@ -1,6 +1,7 @@
 """No outcome typed in prose: the README files, ARCHITECTURE.md and the notebooks' markdown cells carry no
 percentages, AUC-like decimals, ratios or timings (a measured or a paper's figure is formatted from its
-record by `maga.book.prose`, or the text points at the record). Code cells are not prose and are not read.
+record by `maga.book.prose` or inside a README block rendered from its record by `maga.book.readme_blocks`,
+or the text points at the record). Code cells are not prose and are not read.
 ALLOWED lists the numbers that are not outcomes, each with why."""
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+
+from maga.book.readme_blocks import strip_blocks
 
 ROOT = Path(__file__).resolve().parents[2]
 PROSE = [ROOT / "README.md", ROOT / "ARCHITECTURE.md", ROOT / "results" / "README.md"]
@@ -38,7 +41,7 @@ ALLOWED = [
 
 def prose_lines():
     for path in PROSE:
-        for i, line in enumerate(path.read_text().splitlines(), 1):
+        for i, line in enumerate(strip_blocks(path.read_text()).splitlines(), 1):
             yield f"{path.relative_to(ROOT)}:{i}", line
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
         for c, cell in enumerate(json.loads(nb.read_text())["cells"]):
