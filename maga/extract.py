@@ -32,7 +32,7 @@ from maga_core.config import save_config, write_json
 from maga_core.data.features import INPUT_KINDS, feature_writer
 from maga_core.device import Runtime, inference, resolve
 from maga_core.encoders import build
-from maga_core.errors import MagaError
+from maga_core.errors import MagaError, output_error
 from maga_core.slide_stream import StageTimes, stream_patches
 from maga_core.slides import TissueConfig, aligned_grid, detect_tissue, open_slide, patch_px_for_mag, read_patch
 from maga_core.slides.patch_batch import read_patches
@@ -392,6 +392,8 @@ def extract_batch(cfg: ExtractConfig) -> BatchReport:
             report.done.append(res)
             log.info("%s: %d patches in %.1f s -> %s", src, res.n_patches, res.seconds, dst)
         except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the batch
+            if (stop := output_error(exc, dst.parent)) is not None:  # ... but a full or read-only output folder does
+                raise stop from None
             report.failed[str(src)] = one_line_cause(exc, src)
             log.warning("skipped %s", report.failed[str(src)])
     write_json({"kind": kind, **report_dict(report)},

@@ -45,13 +45,13 @@ def bench_text(path: str | Path, mode: str = "native") -> str:
     return "\n".join(f"- {sentence(a, f'MAGA {mode}')}" for a in from_bench(record, mode))
 
 
-README_MARKERS = ("<!-- maga-baselines: formatted from results/ by `python -m maga.book.baselines_text` -->",
-                  "<!-- /maga-baselines -->")
+
 RECORDS = {"maga_bench.json": "the `maga align` defaults at 5x", "maga_mags.json": "the magnification curve"}
 
 
 def readme_block(results: str | Path) -> str:
-    """The README's MAGA results, formatted from the recorded bench JSON under `results`."""
+    """The README's MAGA results against both baselines, from the recorded bench JSON under `results`
+    (registered as the `maga-baselines` block of maga.book.readme_blocks)."""
     parts = []
     for name, what in RECORDS.items():
         path = Path(results) / name
@@ -59,20 +59,4 @@ def readme_block(results: str | Path) -> str:
             continue
         modes = [m for m in ("native", "upsample") if from_bench(json.loads(path.read_text()), m)]
         parts.append(f"`results/{name}` ({what}):\n" + "\n".join(bench_text(path, m) for m in modes))
-    return "\n\n".join([README_MARKERS[0], *parts, README_MARKERS[1]])
-
-
-def update_readme(readme: str | Path, results: str | Path) -> bool:
-    """Replace the README's marked block with `readme_block(results)`; True if it changed."""
-    readme = Path(readme)
-    text = readme.read_text()
-    start, end = text.index(README_MARKERS[0]), text.index(README_MARKERS[1]) + len(README_MARKERS[1])
-    new = text[:start] + readme_block(results) + text[end:]
-    if new != text:
-        readme.write_text(new)
-    return new != text
-
-
-if __name__ == "__main__":  # python -m maga.book.baselines_text: refresh README.md from results/
-    root = Path(__file__).resolve().parents[2]
-    print("README.md " + ("updated" if update_readme(root / "README.md", root / "results") else "already current"))
+    return "\n\n".join(parts)

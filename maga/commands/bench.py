@@ -54,10 +54,13 @@ def stdout_to_stderr() -> Iterator[None]:
 
 def _run(bench, args: argparse.Namespace) -> int:
     # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
+    from maga.provenance import provenance
     from maga_core.config import to_jsonable, write_json
 
     with stdout_to_stderr() if args.json else contextlib.nullcontext():
         result = to_jsonable(bench.run(args))
+    config = {k: v for k, v in vars(args).items() if k != "func"}
+    result["provenance"] = provenance(config=config)
     if args.out:
         write_json(result, args.out)
     if args.json:

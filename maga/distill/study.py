@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from maga_core import encoders
-from maga_core.config import save_config, to_jsonable, write_json
+from maga_core.config import save_config, to_jsonable
 from maga_core.data.tiles import tile_table
 from maga_core.device import without_runtime
 from maga_core.encoders import build
@@ -38,6 +38,7 @@ from maga import records
 from maga.distill.measure import count_params, flops_per_tile, measure_run
 from maga.distill.robustness import robustness_curve
 from maga.distill.train import DistillConfig, config_from_dict, distill, read_tile, work_dir_for
+from maga.provenance import write_record
 from maga.records import paper_results
 from maga.runs import run_key
 
@@ -220,7 +221,7 @@ def run_study(cfg: StudyConfig, root: Path, progress: bool = True) -> dict:
               "k": cfg.k, "n_train": len(train), "n_test": len(test),
               "n_test_by_source": {k: int(v.sum()) for k, v in groups.items()}}
     save_config(cfg, out_dir)
-    write_json(result, result_file)
+    write_record(result, result_file, config=cfg)
     return json.loads(result_file.read_text())
 
 
@@ -311,17 +312,20 @@ def verdict(result: dict) -> str:
     c = claims(result)["here"]
     sp = result["speedup"]
     mem = result.get("memory_measure", "CPU RSS rise")
+    seed = paper_results()["g2l_distillation"]
     lines = [
         f"- **Size**: the student has {s['params']:,} parameters, {c['student params / teacher params']:.1%} of "
-        f"the teacher's {t['params']:,} (seed: about 15%).",
+        f"the teacher's {t['params']:,} (seed: about {seed['student_fraction_of_teacher_params']:.0%}).",
         f"- **Speed**: {s['tiles_per_s']:.1f} vs {t['tiles_per_s']:.1f} tiles/s at batch {t['batch_size']} on "
-        f"{t['device']}: {sp['total']:.1f}x (seed: 3.2x on a GPU), of which {sp['architecture']:.1f}x is the "
-        f"architecture (both at the teacher's {t['input_px']} px) and {sp['pixels']:.1f}x the fewer pixels (the "
-        f"student at {s['input_px']} px); FLOPs per tile {s['gflops_per_tile']:.3f} vs {t['gflops_per_tile']:.3f} G"
+        f"{t['device']}: {sp['total']:.1f}x (seed: {seed['inference_speedup']:g}x on a GPU), of which "
+        f"{sp['architecture']:.1f}x is the architecture (both at the teacher's {t['input_px']} px) and "
+        f"{sp['pixels']:.1f}x the fewer pixels (the student at {s['input_px']} px); FLOPs per tile "
+        f"{s['gflops_per_tile']:.3f} vs {t['gflops_per_tile']:.3f} G"
         + (f" ({s['gflops_at_teacher_px']:.3f} G at the teacher's size)" if s["input_px"] != t["input_px"] else "")
         + ".",
         f"- **Memory** ({mem}, not GPU memory unless a GPU ran it): {s['rss_rise_mb']:.0f} vs "
-        f"{t['rss_rise_mb']:.0f} MB: {c['memory reduction (' + mem + ')']:.0%} less (seed: 76% less GPU memory).",
+        f"{t['rss_rise_mb']:.0f} MB: {c['memory reduction (' + mem + ')']:.0%} less (seed: "
+        f"{seed['gpu_memory_reduction_percent']:g}% less GPU memory).",
     ]
     for g in s["auc"]:
         a_t, a_s, a_l, a_u = (m["auc"][g]["auc"] for m in (t, s, lab, u))

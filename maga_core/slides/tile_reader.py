@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from maga_core.errors import MagaError
 from maga_core.slides.reader import SlideReader, paste
 
 JPEG = 7  # TIFF compression: new-style JPEG, what Aperio SVS and libvips/OpenSlide generic TIFFs hold
@@ -92,7 +93,10 @@ class TileReader(SlideReader):
             data, index = item
             if data is None or len(data) == 0:  # a missing tile: white, as OpenSlide shows it
                 return index, np.full((page.tilelength, page.tilewidth, 3), 255, np.uint8)
-            return index, page.decode(data, index, **args)[0][0]
+            try:
+                return index, page.decode(data, index, **args)[0][0]
+            except Exception as exc:  # a damaged tile: name its region the way read_region does
+                raise self._tile_error(level, index, exc) from exc
 
         nested = threading.current_thread().name.startswith(POOL_PREFIX)  # already on a decode thread
         done = dict(self._pool.map(one, raw) if len(raw) > 1 and not nested else map(one, raw))
@@ -104,6 +108,14 @@ class TileReader(SlideReader):
                 self._cache.popitem(last=False)
             self.decode_seconds += time.perf_counter() - t0
         return {**have, **done}
+
+    def _tile_error(self, level: int, index: int, exc: Exception) -> MagaError:
+        page, ds = self.pages[level], self.level_downsamples[level]
+        per_row = -(-page.imagewidth // page.tilewidth)
+        x, y = (index % per_row) * page.tilewidth, (index // per_row) * page.tilelength
+        return MagaError(f"cannot read pixels at ({round(x * ds)}, {round(y * ds)}) level {level}, "
+                         f"{page.tilewidth}x{page.tilelength} px ({type(exc).__name__}: {exc}); "
+                         "the file may be truncated or corrupt", self.path)
 
     def _tiles_of(self, level: int, x0: int, y0: int, w: int, h: int) -> list[int]:
         page = self.pages[level]

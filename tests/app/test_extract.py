@@ -223,6 +223,9 @@ def test_bench_extract_reports_every_field(tmp_path, capsys):
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
     assert result == json.loads((tmp_path / "bench.json").read_text())
+    prov = result["provenance"]  # the record names its command, configuration and code
+    assert prov["command"].startswith("maga bench extract --json --size 1024")
+    assert prov["config"]["size"] == 1024 and "maga/bench/extract.py" in prov["modules"]
     row = result["encoders"][ENCODER]
     for key in ("model_only_tiles_per_s", "pipeline_tiles_per_s", "pipeline_efficiency", "slide_seconds_20x",
                 "slide_seconds_5x", "ratio_20x_over_5x"):
