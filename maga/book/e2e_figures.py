@@ -114,3 +114,27 @@ def memory_figure(rows: list[dict[str, Any]]) -> go.Figure:
     fig.update_layout(barmode="group", height=360, yaxis_title="MiB per tile (training)",
                       title=f"Encoder training memory per tile ({df['encoder'].iloc[0]}, {df['device'].iloc[0]})")
     return fig
+
+
+def recorded_sweep_text(path) -> str:
+    """What the recorded K sweep (results/e2e_k_sweep.json, `maga bench e2e-k`) can and cannot say, in
+    words formatted from the record: a validation AUC inside the interval that uninformative scores reach
+    on the same slides says nothing about K."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        return f"*{path.name} is not recorded in this checkout.*"
+    r = json.loads(path.read_text())
+    lo, hi = r["chance_auc_95"]
+    inside = sum(x["val_auc_within_chance_95"] for x in r["runs"])
+    counts = ", ".join(f"{n} of class {c}" for c, n in r["val_class_counts"].items())
+    trend = "; ".join(f"{mode}: Spearman of the final training loss with K {s['loss_spearman_vs_k']:+.2f}"
+                      for mode, s in r["summary"].items() if isinstance(s, dict) and "k" in s)
+    verdict = ("so this cohort cannot rank K or the two modes by validation AUC"
+               if inside == len(r["runs"]) else "so only the runs outside it carry evidence")
+    return (f"`{path.name}` (preset {r['preset']}): {r['n_train_slides']} training and {r['n_val_slides']} "
+            f"validation slides ({counts}). Uninformative scores reach validation AUCs from {lo:.2f} to {hi:.2f} "
+            f"(95%) on these slides; {inside} of {len(r['runs'])} runs fall inside that interval, {verdict}. "
+            f"{trend}.")
