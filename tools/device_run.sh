@@ -10,7 +10,7 @@
 #   bench_extract_resnet.json  maga bench extract --encoders resnet50_trunc, if time is left
 #   run.log                every step's stderr (progress bars dropped), in order
 # A step that fails or times out leaves NAME.json.failed (its partial stdout) instead of NAME.json.
-# Target: under 5 minutes on one H200 (step time limits: DP_TIMEOUT 60 s, DC_TIMEOUT 180 s, RN_TIMEOUT 50 s;
+# Target: under 5 minutes on one H200 (step time limits: DP_TIMEOUT 55 s, DC_TIMEOUT 190 s, RN_TIMEOUT 50 s;
 # device_check copies its extract benchmark to $OUT before align and the MIL fold, so a late timeout keeps it).
 # On CPU, for a dry run of this script:
 #   OUT=/tmp/o PYTHON=.venv/bin/python NO_WHEELS=1 DEVICE=cpu SIZE=1024 DP_SIZE=1024 BENCH_SLIDES=2 \
@@ -47,9 +47,9 @@ step() {  # step NAME TIMEOUT_S OUTFILE COMMAND...: stdout to OUTFILE, stderr to
   printf '  "%s": {"rc": %d, "seconds": %d},\n' "$name" "$rc" "$((SECONDS - s0))" >>"$STATUS"
   echo "device_run: $name rc=$rc" >&2
 }
-step bench_datapath "${DP_TIMEOUT:-60}" "$OUT/bench_datapath.json" \
-  "$PY" -m maga.cli bench datapath --json --device "$DEVICE" --size "${DP_SIZE:-12288}" --slides "${DP_SLIDES:-4}"
-step device_check "${DC_TIMEOUT:-180}" "$OUT/device_check.json" \
+step bench_datapath "${DP_TIMEOUT:-55}" "$OUT/bench_datapath.json" \
+  "$PY" -m maga.cli bench datapath --json --device "$DEVICE" --size "${DP_SIZE:-12288}" --slides "${DP_SLIDES:-3}"
+step device_check "${DC_TIMEOUT:-190}" "$OUT/device_check.json" \
   env DEVICE="$DEVICE" BENCH_OUT="$OUT/bench_extract_lite0.json" bash tools/device_check.sh
 step bench_extract_resnet "${RN_TIMEOUT:-50}" "$OUT/bench_extract_resnet.json" \
   "$PY" -m maga.cli bench extract --json --device "$DEVICE" --size "${SIZE:-12288}" --slides "${BENCH_SLIDES:-3}" \
