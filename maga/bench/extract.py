@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maga.bench.clam_loop import ClamStylePatches, clam_loop_settings
 from maga.bench.registry import benchmark, machine
 
 # ---------------------------------------------------------------------------------------- bench extract
@@ -30,12 +31,12 @@ class ExtractBenchConfig:
     encoders: list[str] = field(default_factory=lambda: ["efficientnet_lite0", "resnet50_trunc"])
     high_mag: float = 20.0
     low_mag: float = 5.0
-    batch_size: int | None = None  # None: extract's default (32 at 256 px, 512 at 64 px)
+    batch_size: int | None = None  # None: extract's default for the device (maga.extract.auto_batch_size)
     num_workers: int | None = None  # None: extract's default (every core)
     threads: int | None = None  # torch intra-op threads in the timed process (None: torch's default)
     repeats: int = 1  # each timing is repeated and the best kept (the CPU may be shared)
     channels_last: bool = True
-    baseline: bool = False  # also time the CLAM-style loop (ResNet50 to layer3, 224 px, batch 64)
+    baseline: bool = False  # also time the CLAM-style loop (ResNet50 to layer3, 224 px; clam_loop_settings)
     ideas: bool = False  # also time variants of our pipeline (first encoder) one change at a time
     slides: int = 1  # generated slides (seeds seed..); with 2 or more the first is timed apart (warm-up)
     device: str = "cpu"  # where both pipelines run (auto | cpu | cuda[:N]); precision: the device's auto
@@ -196,39 +197,21 @@ def _time_ours(slides: list[str], encoder: str, mag: float, batch_size: int, wor
             "precision": model.runtime.precision}
 
 
-class ClamStylePatches:
-    """The CLAM loop's dataset, written from its description: OpenSlide read_region of every 256 px
-    patch at level 0, RGB, PIL-resized to 224 px, ToTensor and ImageNet normalisation."""
-
-    def __init__(self, slide: str, coords, size: int = 256, target: int = 224):
-        self.slide, self.coords, self.size, self.target = slide, coords, size, target
-        self._osr = None
-
-    def __len__(self) -> int:
-        return len(self.coords)
-
-    def __getitem__(self, i: int):
-        import openslide
-        from torchvision.transforms import functional as TF
-
-        if self._osr is None:
-            self._osr = openslide.OpenSlide(self.slide)
-        x, y = (int(v) for v in self.coords[i])
-        img = self._osr.read_region((x, y), 0, (self.size, self.size)).convert("RGB")
-        img = img.resize((self.target, self.target))
-        return TF.normalize(TF.to_tensor(img), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-
-
 def _time_baseline(slides: list[str], coords_files: list[str], workers: int, out: str, threads: int | None = None,
-                   batch_size: int = 64, device: str = "cpu") -> dict[str, Any]:
-    """CLAM-style extraction: ResNet50 to layer3 (resnet50_trunc) on 224 px, batch 64, DataLoader workers
-    (pinned batches on CUDA), features appended to an HDF5 per batch; no channels-last, fp32, under
-    inference mode, on `device`. Every slide in one process, then the network alone."""
+                   device: str = "cpu") -> dict[str, Any]:
+    """CLAM-style extraction: ResNet50 to layer3 (resnet50_trunc) on 224 px, `clam_loop_settings` batch and
+    DataLoader processes (pinned batches on CUDA), features appended to an HDF5 per batch; no channels-last,
+    fp32, under inference mode, on `device`. Every slide in one process (a new DataLoader per slide, as CLAM),
+    then the network alone. Its imports are paid before the workers fork, not once per worker and slide."""
     import h5py
     import numpy as np
+    import openslide  # noqa: F401 - imported before the DataLoader forks (see docstring)
     import torch
     from torch.utils.data import DataLoader
+    from torchvision.transforms import functional  # noqa: F401 - same
 
+    settings = clam_loop_settings(workers, device)
+    batch_size, workers = settings["batch_size"], settings["workers"]
     net, weights, random_init = _build("resnet50_trunc")
     net.eval().to(device)
     cuda = device.startswith("cuda")
@@ -259,7 +242,7 @@ def _time_baseline(slides: list[str], coords_files: list[str], workers: int, out
             net(x[: min(len(x), round(n) - start)])
         _sync(device)
     return {"seconds": per_slide, "n": n, "model_only_seconds": time.perf_counter() - t1,
-            "first_slide_seconds": seconds[0], "weights": weights, "random_init": random_init}
+            "first_slide_seconds": seconds[0], "weights": weights, "random_init": random_init, **settings}
 
 
 def rounded(d: dict[str, Any]) -> dict[str, Any]:
@@ -291,6 +274,7 @@ def run_extract_bench(cfg: ExtractBenchConfig, progress: bool = True) -> dict[st
 
     # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga.extract import EXTRACT_TISSUE_MPP, auto_batch_size, default_workers
+    from maga_core.device import resolve
     from maga_core.slides import TissueConfig, aligned_grid, detect_tissue, open_slide, patch_px_for_mag
     from maga.slide_tools.generator import generate_slide
 
@@ -299,7 +283,8 @@ def run_extract_bench(cfg: ExtractBenchConfig, progress: bool = True) -> dict[st
     mags = (cfg.high_mag, cfg.low_mag)
     hi, lo = f"{cfg.high_mag:g}x", f"{cfg.low_mag:g}x"
     px = {m: patch_px_for_mag(m) for m in mags}
-    bs = {m: cfg.batch_size or auto_batch_size(px[m]) for m in mags}
+    cuda = resolve(cfg.device, "auto").cuda
+    bs = {m: cfg.batch_size or auto_batch_size(px[m], cuda) for m in mags}
     with tempfile.TemporaryDirectory(prefix="maga-bench-") as tmp:
         if cfg.slide:
             paths, generated = [Path(cfg.slide)] * max(1, cfg.slides), None
@@ -367,7 +352,8 @@ def run_extract_bench(cfg: ExtractBenchConfig, progress: bool = True) -> dict[st
                         "pipeline_efficiency": b["model_only_seconds"] / b["seconds"], "slide_seconds": b["seconds"],
                         "all_slide_seconds": b["all_seconds"], "peak_rss_mb": b["peak_rss_mb"],
                         "peak_single_process_rss_mb": b["peak_single_process_rss_mb"],
-                        "weights": b["weights"], "random_init": b["random_init"]}
+                        "weights": b["weights"], "random_init": b["random_init"],
+                        "batch_size": b["batch_size"], "workers": b["workers"]}
             for row in results.values():
                 row["speedup_over_baseline"] = row["pipeline_tiles_per_s"] / baseline["tiles_per_s"]
                 row["meets_baseline_target"] = row["speedup_over_baseline"] >= BASELINE_TARGET
@@ -400,8 +386,9 @@ def run_extract_bench(cfg: ExtractBenchConfig, progress: bool = True) -> dict[st
             f"{cfg.low_mag:g}x runs the same network natively on {px[cfg.low_mag]} px patches, as a MAGA "
             "student in native mode does (same architecture as its teacher, so the same compute)",
             "baseline: a CLAM-style loop in this package's code (OpenSlide read_region per 256 px patch at level 0, "
-            "PIL resize to 224 px, ResNet50 to layer3, batch 64, same reader processes and threads, features "
-            "appended to HDF5), on the same patches",
+            "PIL resize to 224 px, ResNet50 to layer3, fp32, a new DataLoader per slide; batch and reader "
+            "processes in baseline.batch_size / baseline.workers: CLAM's 256 and 8 on CUDA, 64 and ours on CPU; "
+            "one torch thread per reader process; features appended to HDF5), on the same patches",
         ],
         "machine_at_start": load_start,
         "machine_at_end": machine(),

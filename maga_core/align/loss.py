@@ -48,12 +48,13 @@ class MagaLoss(nn.Module):
         return list(self.weights)
 
     def forward(self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]
-                ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Total loss and the unweighted L1 of each tap (for logging)."""
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total loss and the unweighted L1 of each tap (for logging; detached tensors, so a training
+        step needs no host sync: the caller converts them once per epoch)."""
         total = 0.0
         parts = {}
         for name, w in self.weights.items():
             l1 = F.l1_loss(student[name], match_teacher(teacher[name], student[name]))
-            parts[name] = float(l1.detach())
+            parts[name] = l1.detach()
             total = total + w * l1
         return total, parts

@@ -66,13 +66,14 @@ class GridTransformer(nn.Module):
         """Token mixer between the two Nystrom layers; `tokens` is [B, 1 + L, dim] (class token first)."""
         raise NotImplementedError
 
-    def layout(self, n: int, coords: torch.Tensor | None) -> Layout:
-        """The grid placement of a bag of n instances (see the module docstring)."""
+    def layout(self, n: int, coords: torch.Tensor | None, device: torch.device | str = "cpu") -> Layout:
+        """The grid placement of a bag of n instances (see the module docstring), its indices on `device`.
+        Built on the CPU: on a GPU its unique/min/max would each be a host sync of a training step."""
         if self.placement == "coords":
             if coords is None or len(coords) != n:
                 raise ValueError("placement='coords' needs the level-0 coords of every instance")
-            return Layout.from_coords(torch.as_tensor(coords))
-        return Layout.sequence(n, self.random_padding)
+            return Layout.from_coords(torch.as_tensor(coords).cpu()).to(device)
+        return Layout.sequence(n, self.random_padding).to(device)
 
     def _tokens(self, bags: torch.Tensor, layout: Layout) -> torch.Tensor:
         """Tokens entering the second Nystrom layer, for bags `[B, N, D]` sharing `layout`."""
@@ -84,7 +85,7 @@ class GridTransformer(nn.Module):
         """Bag logits `[B, C]`; `layout` fixes the padding and placement (default: sequence)."""
         bags = as_batch(bag)
         if layout is None:
-            layout = self.layout(bags.shape[1], None)
+            layout = self.layout(bags.shape[1], None, bags.device)
         x = self.attn2(self._tokens(bags, layout))
         return self.head(self.norm(x)[:, 0])
 
@@ -95,7 +96,7 @@ class GridTransformer(nn.Module):
         bags = as_batch(features)
         if len(bags) > 1 and not self.batches_bags:
             raise ValueError("placement='coords' takes one bag at a time (each bag has its own grid)")
-        layout = self.layout(bags.shape[1], None if coords is None else coords.reshape(-1, 2))
+        layout = self.layout(bags.shape[1], None if coords is None else coords.reshape(-1, 2), bags.device)
         logits = self.logits(bags, layout)
         return MILOutput(logits=logits, scores=lambda: per_bag(torch.stack(
             [self.instance_scores(bag, layout, score_class) for bag in bags])))

@@ -3,6 +3,8 @@ the gated attention of CLAM/ABMIL and integrated-gradients instance scores."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -158,6 +160,10 @@ class Layout:
         flat = row * width + col
         order = torch.argsort(flat, stable=True)
         return cls(order, flat[order], height, width)
+
+    def to(self, device: torch.device | str) -> "Layout":
+        """The same layout with its index tensors on `device`."""
+        return dataclasses.replace(self, index=self.index.to(device), cells=self.cells.to(device))
 
     def to_grid(self, tokens: torch.Tensor) -> torch.Tensor:
         """`[B, L, C]` tokens -> `[B, C, height, width]` image."""

@@ -159,17 +159,19 @@ def predict_bags(model: nn.Module, bags: Sequence[Bag], scores: bool = False) ->
     model.eval()
     dev = _model_device(model)
     probs, losses, inst = [], [], []
-    with torch.no_grad():
+    with torch.no_grad():  # logits stay on the device until every bag ran: one host sync, not one per bag
         for bag in bags:
             coords = bag.coords.to(dev) if bag.coords is not None else None
             out = model(bag.features.to(dev), coords=coords)
-            logits = out.logits.float().cpu()
-            probs.append(torch.softmax(logits, dim=1)[0].numpy())
-            losses.append(float(F.cross_entropy(logits, torch.tensor([bag.label]))))
+            probs.append(out.logits.float()[0])
             if scores:
-                s = out.scores
-                inst.append(s.detach().float().cpu().numpy())
-    result: dict[str, Any] = {"probs": np.stack(probs) if probs else np.zeros((0, 0)), "loss": np.array(losses)}
+                inst.append(out.scores.detach().float())
+    if probs:
+        logits = torch.stack(probs).cpu()
+        losses = F.cross_entropy(logits, torch.tensor([b.label for b in bags]), reduction="none").numpy()
+        probs = torch.softmax(logits, dim=1).numpy()
+    inst = [s.cpu().numpy() for s in inst]
+    result: dict[str, Any] = {"probs": probs if len(probs) else np.zeros((0, 0)), "loss": np.array(losses)}
     if scores:
         result["scores"] = inst
     return result
@@ -295,6 +297,9 @@ def _train(model: nn.Module, train_bags: Sequence[Bag], val_bags: Sequence[Bag],
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = build_optimizer(model, cfg)
     sizes = [min(len(b.features), cfg.max_instances) for b in train_bags]
+    # Bags are small (kept in memory by load_bags): copied to the device once, not once per epoch and step
+    # (pinning a host buffer per bag per step cost more than the step on a GPU).
+    on_device = [_to_device(b, rt) for b in train_bags]
     rows, best, best_state, best_epoch, since_best = [], None, None, -1, 0
     bar = tqdm(range(cfg.max_epochs), desc=desc, disable=not progress, leave=False)
     epoch = -1
@@ -302,22 +307,18 @@ def _train(model: nn.Module, train_bags: Sequence[Bag], val_bags: Sequence[Bag],
         model.train()
         batches = bag_batches(sizes, cfg.bag_batch, gen)
         opt.zero_grad(set_to_none=True)
-        total = 0.0
-        ahead = [_to_device(train_bags[i], rt) for i in batches[0]]
+        total = torch.zeros((), device=rt.device)  # summed on the device: no host sync per step
         for step, batch in enumerate(batches):
-            tensors = ahead
-            if step + 1 < len(batches):  # the next batch's copy overlaps this step's compute on a GPU
-                ahead = [_to_device(train_bags[i], rt) for i in batches[step + 1]]
-            xs, cs = _cut(tensors, min(sizes[i] for i in batch), cfg, gen, rt.device)
+            xs, cs = _cut([on_device[i] for i in batch], min(sizes[i] for i in batch), cfg, gen, rt.device)
             loss = batch_loss(model, xs, cs, [train_bags[i].label for i in batch], rt)
             (loss / cfg.grad_accum).backward()
-            total += float(loss.detach()) * len(batch)
+            total += loss.detach().float() * len(batch)
             if (step + 1) % cfg.grad_accum == 0 or step == len(batches) - 1:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
         metrics = evaluate(model, val_bags) if val_bags else {"val_loss": math.nan, "val_f1": math.nan,
                                                              "val_auc": math.nan}
-        row = {"epoch": epoch, "train_loss": total / len(train_bags), **metrics}
+        row = {"epoch": epoch, "train_loss": float(total) / len(train_bags), **metrics}
         rows.append(row)
         if not val_bags or _better(cfg, metrics, best):
             best, best_epoch, since_best = metrics, epoch, 0
