@@ -321,3 +321,30 @@ def test_cross_validations_side_by_side_equal_one_at_a_time(real_features, tmp_p
         a = pd.read_csv(tmp_path / "one" / m / "predictions.csv")
         b = pd.read_csv(tmp_path / "two" / m / "predictions.csv")
         pd.testing.assert_frame_equal(a, b)
+
+
+def test_one_fold_in_view_is_the_fold_run_cv_trains(real_features, tmp_path):
+    """Chapter 04's walkthrough: `cv_data` + `fold_bags` + a seeded `mil.build` + `train_model` +
+    `predict_bags` give exactly the test predictions `run_cv` wrote for that fold."""
+    from maga_core import mil
+    from maga_core.mil.cv import cv_data, fold_bags
+    from maga_core.mil.train import predict_bags, seed_everything, train_model
+
+    cohort, features = real_features
+    cfg = CVConfig.create("abmil", features, cohort.labels_csv(), tmp_path / "cv", train_overrides={"max_epochs": 2},
+                          folds=3, bootstrap=10)
+    run_cv(cfg, progress=False)
+    splits, bags, classes = cv_data(cfg)
+    assert set(bags) == set(cohort.slides["slide"]) and classes == ["normal", "tumour"]
+    fold = fold_bags(splits, bags, 1)
+    parts = [{b.slide for b in fold[p]} for p in ("train", "val", "test")]
+    assert all(parts) and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert set().union(*parts) == set(bags)
+    seed_everything(cfg.train.seed)
+    model = mil.build(cfg.model, in_dim=fold["train"][0].features.shape[1], n_classes=len(classes))
+    train_model(model, fold["train"], fold["val"], cfg.train, progress=False)
+    pred = predict_bags(model, fold["test"], scores=True)
+    saved = pd.read_csv(tmp_path / "cv" / "predictions.csv", dtype={"slide": str}).query("fold == 1")
+    assert saved["slide"].tolist() == [b.slide for b in fold["test"]]
+    assert np.allclose(saved[["prob_0", "prob_1"]].to_numpy(), pred["probs"], atol=1e-5)
+    assert [s.shape for s in pred["scores"]] == [(len(b.features),) for b in fold["test"]]
