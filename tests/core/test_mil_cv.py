@@ -348,3 +348,31 @@ def test_one_fold_in_view_is_the_fold_run_cv_trains(real_features, tmp_path):
     assert saved["slide"].tolist() == [b.slide for b in fold["test"]]
     assert np.allclose(saved[["prob_0", "prob_1"]].to_numpy(), pred["probs"], atol=1e-5)
     assert [s.shape for s in pred["scores"]] == [(len(b.features),) for b in fold["test"]]
+
+
+def test_one_slide_in_view_is_scored_by_the_fold_that_tested_it(real_features, tmp_path):
+    """Chapter 05's walkthrough: `fold_model` finds the fold whose test part held a slide; its checkpoint
+    on the slide's features gives the probability the run wrote, and one score per instance."""
+    from maga_core.data.features import read_features
+    from maga_core.mil.train import load_checkpoint
+    from maga.experiments.mil import ExperimentConfig, cv_dir
+    from maga.experiments.mil_maps import fold_model, lesion_tiles, patch_size0
+
+    cohort, features = real_features
+    cfg = ExperimentConfig.from_dict({"cohort": {"task": "lesion", "folds": 3}, "settings": ["5x"],
+                                      "models": ["abmil"]})
+    run_cv(CVConfig.create("abmil", features, cohort.labels_csv(), cv_dir(tmp_path, cfg, "5x", "abmil"),
+                           train_overrides={"max_epochs": 1}, folds=3, bootstrap=10), progress=False)
+    slide = cohort.slides.loc[cohort.slides["label"] == 1, "slide"].iloc[0]
+    fold, checkpoint, row = fold_model(tmp_path, cfg, "5x", "abmil", slide)
+    assert fold == int(cohort.slides.set_index("slide").loc[slide, "fold"]) % 3 and row["slide"] == slide
+    net, _ = load_checkpoint(checkpoint)
+    ff = read_features(features / f"{slide}.h5")
+    with torch.no_grad():
+        out = net(torch.from_numpy(ff.features), coords=torch.from_numpy(ff.coords))
+        assert float(torch.softmax(out.logits, 1)[0, 1]) == pytest.approx(row["prob_1"], abs=1e-5)
+        assert out.scores.shape == (len(ff),)
+    assert patch_size0(ff.attrs) == round(64 * 2.0 / float(ff.attrs["mpp"]))
+    assert len(lesion_tiles(cohort, slide)) > 0 and set(lesion_tiles(cohort, slide)["role"]) == {"lesion"}
+    with pytest.raises(MagaError, match="never tested"):
+        fold_model(tmp_path, cfg, "5x", "abmil", "no_such_slide")
