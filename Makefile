@@ -13,7 +13,7 @@ TORCH := torch==2.13.0 torchvision==0.28.0
 install_torch = $(1) install --isolated --cert /etc/ssl/certs/ca-certificates.crt -q $(TORCH) || \
   $(1) install --isolated -q $(TORCH)
 
-.PHONY: install book test wheel-check clean-book
+.PHONY: install book test results wheel-check clean-book
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,11 @@ $(VENV)/.installed: pyproject.toml
 
 book: install
 	$(BIN)/python -m maga.book.build --preset $(PRESET)
+
+# Every record under results/ that this machine can make, with a progress bar (maga.results_index.MAKERS;
+# MAX_MINUTES=3 skips the long ones). `maga results` then lists which are still stale.
+results: install
+	$(BIN)/python -m maga.cli results make $(if $(MAX_MINUTES),--max-minutes $(MAX_MINUTES))
 
 test: install
 	$(BIN)/python -m pytest -q

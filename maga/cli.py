@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import pkgutil
 import sys
 
 import maga.commands as commands
-from maga_core.errors import MagaError
+from maga.provenance import use_cli_argv
+from maga_core.errors import MagaError, OutputError, output_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,12 +24,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # tifffile logs each malformed tag it skips; the command's promise is one line per error.
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     parser = build_parser()
+    use_cli_argv(sys.argv[1:] if argv is None else list(argv))  # records made by this command name it
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except MagaError as exc:
-        print(f"maga {args.command}: error: {exc}", file=sys.stderr)
+    except (MagaError, OSError) as exc:
+        err = exc if isinstance(exc, MagaError) else output_error(exc)
+        if err is None:
+            raise
+        print(f"maga {args.command}: error: {err}", file=sys.stderr)
+        if isinstance(err, OutputError) and argv is None:
+            # A failed write can leave HDF5's state broken, and finalising it then segfaults (measured): as
+            # the program (not a caller's function), leave without garbage collection, outputs being atomic.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         return 2
     except KeyboardInterrupt:
         print(f"maga {args.command}: interrupted", file=sys.stderr)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from maga_core.config import atomic_path, save_config, write_json
 from maga_core.data.features import feature_writer, read_features, write_features
 from maga_core.device import resolve
-from maga_core.errors import MagaError
+from maga_core.errors import MagaError, output_error
 from maga_core.mil.cv import CVConfig, load_results, run_cv
 from maga_core.slides import aligned_grid, detect_tissue, open_slide
 from maga.alignment.ensure import ensure_student
@@ -172,6 +172,8 @@ def run_cohort(cfg: CohortRunConfig, progress: bool = True) -> dict[str, Any]:
         try:
             rec = extract_aligned(path, models, outs, cfg.batch_size, cfg.num_workers, cfg.min_tissue)
         except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the cohort
+            if (stop := output_error(exc, out)) is not None:  # ... but a full or read-only output folder does
+                raise stop from None
             failed[path.name] = one_line_cause(exc, path)
             continue
         rec["case"] = case_of(path.stem, ids)

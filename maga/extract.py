@@ -1,10 +1,10 @@
 """Feature extraction at scale: a slide, a folder of slides (one HDF5 per slide) or a folder of tiles
 (one HDF5), with an encoder at a magnification or a MAGA student at its own input magnification.
 
-Reading overlaps compute: DataLoader workers read and preprocess patches (each worker opens the slide
-itself, since OpenSlide handles do not cross processes) while the main process runs the network under
-inference mode, channels-last; features stream into the HDF5, so memory stays at a few batches on a
-gigapixel slide. A batch is resumable (outputs are renamed into place only when whole,
+Reading overlaps compute: a slide's patches come as uint8 batches from a reader thread that decodes the
+slide's own JPEG tiles on every core (`slide_stream`, `slides.TileReader`; tile folders use DataLoader
+workers) while this thread normalises them on the device and runs the network under inference mode,
+channels-last; features stream into the HDF5, so memory stays at a few batches on a gigapixel slide. A batch is resumable (outputs are renamed into place only when whole,
 and existing ones are skipped), survives bad slides (logged, skipped, listed at the end), and is
 sharded by torch.distributed rank when started with torchrun (each rank writes only its own slides).
 """
@@ -32,9 +32,11 @@ from maga_core.config import save_config, write_json
 from maga_core.data.features import INPUT_KINDS, feature_writer
 from maga_core.device import Runtime, inference, resolve
 from maga_core.encoders import build
-from maga_core.errors import MagaError
-from maga_core.slides import (aligned_grid, detect_tissue, level0_extent, open_slide, patch_px_for_mag,
-                              read_patch)
+from maga_core.errors import MagaError, output_error
+from maga_core.slide_stream import StageTimes, stream_patches
+from maga_core.slides import TissueConfig, aligned_grid, detect_tissue, open_slide, patch_px_for_mag, read_patch
+from maga_core.slides.patch_batch import read_patches
+from maga_core.slides.tile_reader import decode_threads, fast_reader
 from maga.extract_report import BatchReport, one_line_cause, report_dict
 
 log = logging.getLogger(__name__)
@@ -44,11 +46,13 @@ SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".svslide", 
 TILE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 H5_SUFFIXES = {".h5", ".hdf5"}
 REPORT = "extract_report.json"
+EXTRACT_TISSUE_MPP = 8.0  # um/px of the tissue-mask thumbnail: a small fixed cost per slide
 
 
 def default_workers() -> int:
-    """Half the cores (the other half runs the network), at least one reader, at most eight."""
-    return max(1, min(8, (os.cpu_count() or 2) // 2))
+    """Readers scale with the machine: slides decode on this many threads (every core: decoding is short
+    next to the network and releases the GIL); tile folders use up to this many DataLoader processes."""
+    return decode_threads()
 
 
 @dataclass
@@ -66,6 +70,7 @@ class ExtractConfig:
     num_workers: int = field(default_factory=default_workers)
     channels_last: bool = True
     min_tissue: float = 0.5
+    tissue_mpp: float = EXTRACT_TISSUE_MPP  # tissue mask thumbnail scale (slides.TissueConfig.thumb_mpp)
     progress: bool = True
     device: str = "auto"  # auto | cpu | cuda[:N] | mps; saved resolved (maga_core.device)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast); saved resolved
@@ -85,6 +90,8 @@ class FeatureModel:
     runtime: Runtime = field(default_factory=Runtime)
 
     def __post_init__(self) -> None:
+        if self.runtime.cuda:
+            torch.backends.cudnn.benchmark = True  # batches have one shape (slide_stream pads the last)
         self.module.eval().to(self.runtime.device)
         if self.channels_last:
             self.module.to(memory_format=torch.channels_last)
@@ -145,18 +152,14 @@ def auto_batch_size(patch_px: int) -> int:
 
 
 class SlidePatches(Dataset):
-    """Patches of one slide at one magnification, read lazily: each worker opens its own reader.
-
-    A batch is read a row at a time (`row_reads`): neighbours of the row-major grid that lie side by
-    side on whole pixels of the pyramid level read as one region (at most `MAX_ROW` patches), which is
-    then cut; anything else (resampled patches) is read patch by patch. Same pixels either way."""
-
-    MAX_ROW = 32
+    """Patches of one slide at one magnification, read lazily: each DataLoader worker opens its own
+    reader. A batch is read in one call (`read_rows`, `slides.read_patches`: tiles decoded once, in
+    parallel); `fast=False` reads through the reader of record alone. Same pixels either way."""
 
     def __init__(self, path: Path, coords: np.ndarray, mag: float, patch_px: int, mpp: float | None = None,
-                 row_reads: bool = True):
+                 fast: bool = True):
         self.path, self.coords, self.mag, self.patch_px, self.mpp = Path(path), coords, mag, patch_px, mpp
-        self.row_reads = row_reads
+        self.fast = fast
         self._reader = None
 
     def __len__(self) -> int:
@@ -164,42 +167,17 @@ class SlidePatches(Dataset):
 
     def _open(self):
         if self._reader is None:
-            self._reader = open_slide(self.path, mpp=self.mpp)
+            reader = open_slide(self.path, mpp=self.mpp)
+            self._reader = fast_reader(reader) if self.fast else reader
         return self._reader
 
     def __getitem__(self, i: int) -> np.ndarray:
         x, y = self.coords[i]
         return read_patch(self._open(), (float(x), float(y)), self.mag, self.patch_px)
 
-    def _level(self) -> tuple[int, float, float] | None:
-        """(level, its downsample, level-0 side) when patches are whole pixels of one level, else None."""
-        reader = self._open()
-        side = level0_extent(reader, self.mag, self.patch_px)
-        level = reader.best_level_for_downsample(side / self.patch_px)
-        ds = float(reader.level_downsamples[level])
-        return (level, ds, side) if abs(side / ds - self.patch_px) < 1e-9 else None
-
     def read_rows(self, idx: Sequence[int]) -> list[np.ndarray]:
-        found = self._level() if self.row_reads else None
-        if found is None:
-            return [self[i] for i in idx]
-        level, ds, side = found
-        out: list[np.ndarray] = []
-        k = 0
-        while k < len(idx):
-            x0, y0 = (int(v) for v in self.coords[idx[k]])
-            run = 1
-            while (k + run < len(idx) and run < self.MAX_ROW and int(self.coords[idx[k + run]][1]) == y0
-                   and int(self.coords[idx[k + run]][0]) == x0 + round(run * side)):
-                run += 1
-            if run == 1 or x0 % ds or y0 % ds:
-                out.append(self[idx[k]])
-            else:
-                px = self.patch_px
-                strip = self._open().read_region((x0, y0), level, (px * run, px))
-                out += [np.ascontiguousarray(strip[:, j * px:(j + 1) * px]) for j in range(run)]
-            k += run
-        return out
+        return list(read_patches(self._open(), self.coords[np.asarray(idx, dtype=np.int64)], self.mag,
+                                 self.patch_px))
 
 
 class TileImages(Dataset):
@@ -289,27 +267,32 @@ class SlideResult:
     out: str
     n_patches: int
     seconds: float
-    stages: dict[str, float]  # tissue_grid, embed_write (network + streaming into the HDF5)
+    stages: dict[str, float]  # slides: slide_stream.STAGES (seconds per stage); tiles: embed_write
 
 
 def extract_slide(path: str | Path, model: FeatureModel, out_path: str | Path, mpp: float | None = None,
                   batch_size: int | None = None, num_workers: int | None = None, min_tissue: float = 0.5,
-                  progress: bool = True, row_reads: bool = True) -> SlideResult:
-    """Tissue mask -> aligned grid -> features of every patch -> one HDF5 (written atomically)."""
+                  progress: bool = True, fast: bool = True, tissue_mpp: float | None = EXTRACT_TISSUE_MPP
+                  ) -> SlideResult:
+    """Tissue mask -> aligned grid -> features of every patch -> one HDF5 (written atomically).
+    `num_workers`: decode threads (None: every core); `fast=False`: the reader of record alone."""
     path = Path(path)
+    stages = StageTimes()
     t0 = time.perf_counter()
-    with open_slide(path, mpp=mpp) as reader:
-        mask = detect_tissue(reader)
-        coords = aligned_grid(reader, mask, (model.mag,), {model.mag: model.patch_px}, min_tissue=min_tissue)
-        slide_mpp = float(reader.mpp)
-    t1 = time.perf_counter()
-    with feature_writer(out_path, len(coords), model.dim, coords=coords, slide=path.name, mpp=slide_mpp,
-                        **model.attrs()) as put:
-        embed_into(SlidePatches(path, coords, model.mag, model.patch_px, mpp, row_reads), model, put, batch_size,
-                   num_workers, desc=path.name, progress=progress)
-    t2 = time.perf_counter()
-    return SlideResult(str(path), str(out_path), len(coords), t2 - t0,
-                       {"tissue_grid": t1 - t0, "embed_write": t2 - t1})
+    with stages.time("open"):
+        reader = open_slide(path, mpp=mpp)
+        if fast:
+            reader = fast_reader(reader, num_workers or None)
+    with reader:
+        with stages.time("tissue_grid"):
+            mask = detect_tissue(reader, TissueConfig(thumb_mpp=tissue_mpp))
+            coords = aligned_grid(reader, mask, (model.mag,), {model.mag: model.patch_px}, min_tissue=min_tissue)
+        bs = batch_size or auto_batch_size(model.patch_px)
+        with tqdm(total=len(coords), desc=path.name, unit="patch", leave=False, disable=not progress) as bar, \
+                feature_writer(out_path, len(coords), model.dim, coords=coords, slide=path.name,
+                               mpp=float(reader.mpp), **model.attrs()) as put:
+            stream_patches(reader, coords, model, put, bs, stages, bar.update)
+    return SlideResult(str(path), str(out_path), len(coords), time.perf_counter() - t0, stages.as_dict())
 
 
 def find_files(folder: Path, suffixes: set[str]) -> list[Path]:
@@ -405,10 +388,12 @@ def extract_batch(cfg: ExtractConfig) -> BatchReport:
                 res = extract_tiles(src, model, dst, cfg.mpp, cfg.batch_size, cfg.num_workers, cfg.progress)
             else:
                 res = extract_slide(src, model, dst, cfg.mpp, cfg.batch_size, cfg.num_workers, cfg.min_tissue,
-                                    cfg.progress)
+                                    cfg.progress, tissue_mpp=cfg.tissue_mpp)
             report.done.append(res)
             log.info("%s: %d patches in %.1f s -> %s", src, res.n_patches, res.seconds, dst)
         except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the batch
+            if (stop := output_error(exc, dst.parent)) is not None:  # ... but a full or read-only output folder does
+                raise stop from None
             report.failed[str(src)] = one_line_cause(exc, src)
             log.warning("skipped %s", report.failed[str(src)])
     write_json({"kind": kind, **report_dict(report)},

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from maga_core.config import write_json
+from maga.provenance import write_record
 from maga_core.data.manifests import reference_path
 from maga_core.errors import MagaError
 
@@ -34,7 +34,7 @@ def save_results(chapter: str, figures: dict[str, Any], notes: dict[str, str] | 
     payload = {"chapter": chapter, "preset": Path(runs).name,
                "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "figures": figures, "notes": notes or {}, "extra": extra or {}}
-    return write_json(payload, results_path(chapter, runs))
+    return write_record(payload, results_path(chapter, runs))
 
 
 def load_results(runs: Path) -> dict[str, dict[str, Any]]:

@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
+from maga_core.errors import MagaError, output_error
+
 T = TypeVar("T")
 
 
@@ -53,6 +55,21 @@ def write_json(obj: Any, path: str | Path) -> Path:
     return Path(path)
 
 
+def torch_save(obj: Any, path: str | Path) -> Path:
+    """torch.save, atomically, through a Python file object: a full or read-only folder then surfaces as a
+    one-line OutputError (torch's own file writer reports only 'unexpected pos')."""
+    import torch  # lazy: most callers never save a checkpoint, and torch is slow to import
+
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+    except Exception as exc:
+        if (stop := output_error(exc, Path(path).parent)) is not None:
+            raise stop from None
+        raise
+    return Path(path)
+
+
 def save_config(cfg: Any, out_dir: str | Path, name: str = "config.json") -> Path:
     """Save a run's dataclass config beside its outputs, tagged with its class name."""
     payload = {"kind": type(cfg).__name__, **to_jsonable(cfg)}
@@ -60,10 +77,18 @@ def save_config(cfg: Any, out_dir: str | Path, name: str = "config.json") -> Pat
 
 
 def load_config(cls: type[T], path: str | Path) -> T:
-    data = json.loads(Path(path).read_text())
-    data.pop("kind", None)
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+    """A saved config back as `cls`; a file that is not one (unreadable, not JSON, wrong fields) is a
+    one-line MagaError."""
+    try:
+        data = json.loads(Path(path).read_bytes())
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON {type(data).__name__}, not an object")
+        data.pop("kind", None)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+    except (OSError, ValueError, TypeError) as exc:
+        raise MagaError(f"not a saved {cls.__name__} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+                        path) from None
 
 
 def file_sha256(path: str | Path) -> str:

@@ -66,8 +66,8 @@ def user_config() -> dict:
         return {}
     try:
         doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise MagaError(f"not valid YAML ({str(exc).splitlines()[0]})", path) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise MagaError(f"not valid YAML ({(str(exc).splitlines() or [type(exc).__name__])[0]})", path) from None
     if not isinstance(doc, dict):
         raise MagaError("expected a mapping such as 'data_dir: /path/to/data'", path)
     return doc

@@ -31,23 +31,44 @@ class ExtractBenchConfig:
     high_mag: float = 20.0
     low_mag: float = 5.0
     batch_size: int | None = None  # None: extract's default (32 at 256 px, 512 at 64 px)
-    num_workers: int | None = None  # None: extract's default (half the cores)
+    num_workers: int | None = None  # None: extract's default (every core)
     threads: int | None = None  # torch intra-op threads in the timed process (None: torch's default)
     repeats: int = 1  # each timing is repeated and the best kept (the CPU may be shared)
     channels_last: bool = True
     baseline: bool = False  # also time the CLAM-style loop (ResNet50 to layer3, 224 px, batch 64)
     ideas: bool = False  # also time variants of our pipeline (first encoder) one change at a time
+    slides: int = 1  # generated slides (seeds seed..); with 2 or more the first is timed apart (warm-up)
+    device: str = "cpu"  # where both pipelines run (auto | cpu | cuda[:N]); precision: the device's auto
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def _network_only(model, patches, n_tiles: int) -> float:
     """Seconds the network alone takes for `n_tiles` tiles: batches of preprocessed real patches
-    already in memory, the same batch size and threads as the pipeline (one warm-up batch first)."""
-    x = model.preprocess(patches)
-    model(x)
+    already on the device, the same batch size and threads as the pipeline (warm-up batches first)."""
+    import torch
+
+    x = model.preprocess(model.runtime.to(torch.from_numpy(patches)))
+    for _ in range(2):
+        model(x)
+    _sync(model.runtime.device)
     t0 = time.perf_counter()
     for start in range(0, n_tiles, len(x)):
-        model(x[: min(len(x), n_tiles - start)])
+        model(x if model.runtime.cuda else x[: min(len(x), n_tiles - start)])  # CUDA: fixed shapes, as extract
+    _sync(model.runtime.device)
     return time.perf_counter() - t0
+
+
+def _steady(seconds: list[float], patches: list[int]) -> tuple[float, float]:
+    """(seconds, patches) per slide: the mean over slides 2..N (the first pays the warm-up), or the one."""
+    rest = slice(1, None) if len(seconds) > 1 else slice(None)
+    s, n = seconds[rest], patches[rest]
+    return sum(s) / len(s), sum(n) / len(n)
 
 
 def _build(name: str) -> tuple[Any, str, bool]:
@@ -144,29 +165,35 @@ def _isolated(fn: str, **kwargs: Any) -> dict[str, Any]:
     return out
 
 
-def _time_ours(slide: str, encoder: str, mag: float, batch_size: int, workers: int, channels_last: bool,
-               out: str, threads: int | None = None, row_reads: bool = True) -> dict[str, Any]:
-    """Our extract_slide, then the network alone on the same number of tiles (same process and threads)."""
+def _time_ours(slides: list[str], encoder: str, mag: float, batch_size: int, workers: int, channels_last: bool,
+               out: str, threads: int | None = None, fast: bool = True, device: str = "cpu") -> dict[str, Any]:
+    """Our extract_slide on every slide (one process), then the network alone on the steady state's
+    number of tiles (same process, threads and device)."""
     import numpy as np
 
     # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga.extract import FeatureModel, extract_slide
+    from maga_core.device import resolve
     from maga_core.slides import open_slide, patch_px_for_mag, read_patch
 
     net, weights, random_init = _build(encoder)
     px = patch_px_for_mag(mag)
-    model = FeatureModel(net, net.transform, mag, px, encoder, "", channels_last)
-    res = extract_slide(slide, model, out, batch_size=batch_size, num_workers=workers, progress=False,
-                        row_reads=row_reads)
+    model = FeatureModel(net, net.transform, mag, px, encoder, "", channels_last, resolve(device))
+    runs = [extract_slide(slide, model, f"{out}.{i}.h5", batch_size=batch_size, num_workers=workers or None,
+                          progress=False, fast=fast) for i, slide in enumerate(slides)]
+    seconds, n = _steady([r.seconds for r in runs], [r.n_patches for r in runs])
+    out, slide = f"{out}.0.h5", slides[0]
     with open_slide(slide) as reader:
         # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
         from maga_core.data.features import read_features
 
         coords = read_features(out).coords
         patches = np.stack([read_patch(reader, tuple(c), mag) for c in coords[:batch_size]])
-    model_s = _network_only(model, patches, res.n_patches)
-    return {"seconds": res.seconds, "stages": res.stages, "n": res.n_patches, "model_only_seconds": model_s,
-            "weights": weights, "random_init": random_init}
+    model_s = _network_only(model, patches, round(n))
+    return {"seconds": seconds, "stages": runs[-1].stages, "n": n, "model_only_seconds": model_s,
+            "first_slide_seconds": runs[0].seconds, "first_slide_patches": runs[0].n_patches,
+            "weights": weights, "random_init": random_init, "device": model.runtime.device,
+            "precision": model.runtime.precision}
 
 
 class ClamStylePatches:
@@ -192,40 +219,47 @@ class ClamStylePatches:
         return TF.normalize(TF.to_tensor(img), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
 
-def _time_baseline(slide: str, coords_file: str, workers: int, out: str, threads: int | None = None,
-                   batch_size: int = 64) -> dict[str, Any]:
-    """CLAM-style extraction: ResNet50 to layer3 (resnet50_trunc) on 224 px, batch 64, features appended
-    to an HDF5 per batch; no channels-last, fp32, under inference mode. Then the network alone."""
+def _time_baseline(slides: list[str], coords_files: list[str], workers: int, out: str, threads: int | None = None,
+                   batch_size: int = 64, device: str = "cpu") -> dict[str, Any]:
+    """CLAM-style extraction: ResNet50 to layer3 (resnet50_trunc) on 224 px, batch 64, DataLoader workers
+    (pinned batches on CUDA), features appended to an HDF5 per batch; no channels-last, fp32, under
+    inference mode, on `device`. Every slide in one process, then the network alone."""
     import h5py
     import numpy as np
     import torch
     from torch.utils.data import DataLoader
 
     net, weights, random_init = _build("resnet50_trunc")
-    net.eval()
-    coords = np.load(coords_file)
-    data = ClamStylePatches(slide, coords)
-    t0 = time.perf_counter()
-    loader = DataLoader(data, batch_size=batch_size, num_workers=workers)
-    with h5py.File(out, "w") as h5:
-        ds = None
-        for batch in loader:
-            with torch.inference_mode():
-                feats = net(batch).numpy()
-            if ds is None:
-                ds = h5.create_dataset("features", data=feats, maxshape=(None, feats.shape[1]), chunks=True)
-            else:
-                ds.resize(ds.shape[0] + len(feats), axis=0)
-                ds[-len(feats):] = feats
-    seconds = time.perf_counter() - t0
-    x = torch.stack([data[i] for i in range(min(batch_size, len(data)))])
+    net.eval().to(device)
+    cuda = device.startswith("cuda")
+    seconds, patches = [], []
+    for k, (slide, coords_file) in enumerate(zip(slides, coords_files)):
+        data = ClamStylePatches(slide, np.load(coords_file))
+        t0 = time.perf_counter()
+        loader = DataLoader(data, batch_size=batch_size, num_workers=workers, pin_memory=cuda)
+        with h5py.File(f"{out}.{k}.h5", "w") as h5:
+            ds = None
+            for batch in loader:
+                with torch.inference_mode():
+                    feats = net(batch.to(device, non_blocking=cuda)).cpu().numpy()
+                if ds is None:
+                    ds = h5.create_dataset("features", data=feats, maxshape=(None, feats.shape[1]), chunks=True)
+                else:
+                    ds.resize(ds.shape[0] + len(feats), axis=0)
+                    ds[-len(feats):] = feats
+        seconds.append(time.perf_counter() - t0)
+        patches.append(len(data))
+    per_slide, n = _steady(seconds, patches)
+    x = torch.stack([data[i] for i in range(min(batch_size, len(data)))]).to(device)
     with torch.inference_mode():
         net(x)
+        _sync(device)
         t1 = time.perf_counter()
-        for start in range(0, len(data), len(x)):
-            net(x[: min(len(x), len(data) - start)])
-    return {"seconds": seconds, "n": len(data), "model_only_seconds": time.perf_counter() - t1,
-            "weights": weights, "random_init": random_init}
+        for start in range(0, round(n), len(x)):
+            net(x[: min(len(x), round(n) - start)])
+        _sync(device)
+    return {"seconds": per_slide, "n": n, "model_only_seconds": time.perf_counter() - t1,
+            "first_slide_seconds": seconds[0], "weights": weights, "random_init": random_init}
 
 
 def rounded(d: dict[str, Any]) -> dict[str, Any]:
@@ -245,8 +279,8 @@ def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
 # Changes to our pipeline measured one at a time (first encoder), against the default settings.
 IDEAS: dict[str, dict[str, Any]] = {
     "no_channels_last": {"channels_last": False},
-    "no_row_reads": {"row_reads": False},
-    "no_reader_process": {"workers": 0},
+    "reader_of_record": {"fast": False},
+    "one_decode_thread": {"workers": 1},
     "one_torch_thread": {"threads": 1},
     "batch_x2": {"batch_scale": 2.0},
 }
@@ -256,8 +290,8 @@ def run_extract_bench(cfg: ExtractBenchConfig, progress: bool = True) -> dict[st
     import numpy as np
 
     # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
-    from maga.extract import auto_batch_size, default_workers
-    from maga_core.slides import aligned_grid, detect_tissue, open_slide, patch_px_for_mag
+    from maga.extract import EXTRACT_TISSUE_MPP, auto_batch_size, default_workers
+    from maga_core.slides import TissueConfig, aligned_grid, detect_tissue, open_slide, patch_px_for_mag
     from maga.slide_tools.generator import generate_slide
 
     load_start = machine()
@@ -268,35 +302,45 @@ def run_extract_bench(cfg: ExtractBenchConfig, progress: bool = True) -> dict[st
     bs = {m: cfg.batch_size or auto_batch_size(px[m]) for m in mags}
     with tempfile.TemporaryDirectory(prefix="maga-bench-") as tmp:
         if cfg.slide:
-            slide_path, generated = Path(cfg.slide), None
+            paths, generated = [Path(cfg.slide)] * max(1, cfg.slides), None
         else:
             t0 = time.perf_counter()
-            slide_path = generate_slide(Path(tmp) / f"bench_{cfg.size}.tif", cfg.size, cfg.size,
-                                        seed=cfg.seed, progress=progress)
+            paths = [generate_slide(Path(tmp) / f"bench_{cfg.size}_{k}.tif", cfg.size, cfg.size,
+                                    seed=cfg.seed + k, progress=progress) for k in range(max(1, cfg.slides))]
             generated = time.perf_counter() - t0
-        with open_slide(slide_path) as reader:
-            coords = aligned_grid(reader, detect_tissue(reader), mags)
-            info = {"path": str(slide_path) if cfg.slide else "(generated, deleted after the run)",
-                    "dimensions": list(reader.dimensions), "levels": reader.level_count, "mpp": reader.mpp,
-                    "patches": len(coords), "generate_seconds": generated}
-        n = len(coords)
+        coords_files = []
+        for k, path in enumerate(paths):
+            with open_slide(path) as reader:
+                coords = aligned_grid(reader, detect_tissue(reader, TissueConfig(thumb_mpp=EXTRACT_TISSUE_MPP)), mags)
+                np.save(Path(tmp) / f"coords{k}.npy", coords)
+                coords_files.append(str(Path(tmp) / f"coords{k}.npy"))
+                if k == 0:
+                    info = {"path": str(path) if cfg.slide else "(generated, deleted after the run)",
+                            "dimensions": list(reader.dimensions), "levels": reader.level_count, "mpp": reader.mpp,
+                            "patches": len(coords), "slides": len(paths), "generate_seconds": generated}
+        slides = [str(p) for p in paths]
 
         def ours(name: str, m: float, **change: Any) -> dict[str, Any]:
-            kw = {"channels_last": cfg.channels_last, "workers": workers, "threads": cfg.threads}
+            kw = {"channels_last": cfg.channels_last, "workers": workers, "threads": cfg.threads, "device": cfg.device}
             scale = change.pop("batch_scale", 1.0)
             kw.update(change)
-            return _best([_isolated("_time_ours", slide=str(slide_path), encoder=name, mag=m,
+            return _best([_isolated("_time_ours", slides=slides, encoder=name, mag=m,
                                     batch_size=int(bs[m] * scale), out=str(Path(tmp) / f"{name}_{m:g}x.h5"), **kw)
                           for _ in range(cfg.repeats)])
 
         results: dict[str, Any] = {}
         for name in cfg.encoders:
             runs = {m: ours(name, m) for m in mags}
+            n = runs[cfg.high_mag]["n"]  # steady-state patches per slide
             row: dict[str, Any] = {"weights": runs[cfg.high_mag]["weights"],
-                                   "random_init": runs[cfg.high_mag]["random_init"]}
+                                   "random_init": runs[cfg.high_mag]["random_init"],
+                                   "device": runs[cfg.high_mag]["device"],
+                                   "precision": runs[cfg.high_mag]["precision"], "patches_per_slide": n}
             for m in mags:
                 r, key = runs[m], f"{m:g}x"
-                row[f"model_only_tiles_per_s_{key}"] = n / r["model_only_seconds"]
+                row[f"first_slide_seconds_{key}"] = r["first_slide_seconds"]
+                row[f"model_only_tiles_per_s_{key}"] = r["n"] / r["model_only_seconds"]
+                row[f"pipeline_tiles_per_s_{key}"] = r["n"] / r["seconds"]
                 row[f"slide_seconds_{key}"] = r["seconds"]
                 row[f"stages_{key}"] = r["stages"]
                 row[f"all_slide_seconds_{key}"] = r["all_seconds"]
@@ -314,11 +358,12 @@ def run_extract_bench(cfg: ExtractBenchConfig, progress: bool = True) -> dict[st
 
         baseline = None
         if cfg.baseline:
-            np.save(Path(tmp) / "coords.npy", coords)
-            b = _best([_isolated("_time_baseline", slide=str(slide_path), coords_file=str(Path(tmp) / "coords.npy"),
-                                 workers=workers, out=str(Path(tmp) / "baseline.h5"), threads=cfg.threads)
+            b = _best([_isolated("_time_baseline", slides=slides, coords_files=coords_files, workers=workers,
+                                 out=str(Path(tmp) / "baseline"), threads=cfg.threads, device=cfg.device)
                        for _ in range(cfg.repeats)])
+            n = b["n"]
             baseline = {"tiles_per_s": n / b["seconds"], "model_only_tiles_per_s": n / b["model_only_seconds"],
+                        "first_slide_seconds": b["first_slide_seconds"],
                         "pipeline_efficiency": b["model_only_seconds"] / b["seconds"], "slide_seconds": b["seconds"],
                         "all_slide_seconds": b["all_seconds"], "peak_rss_mb": b["peak_rss_mb"],
                         "peak_single_process_rss_mb": b["peak_single_process_rss_mb"],
@@ -372,7 +417,11 @@ def _extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slide", help="benchmark on this slide instead of a generated one")
     p.add_argument("--encoders", default=",".join(d.encoders), help="comma-separated encoder names")
     p.add_argument("--batch-size", type=int, help="patches per batch at both magnifications (default: auto)")
-    p.add_argument("--workers", type=int, help="DataLoader reader processes (default: half the cores)")
+    p.add_argument("--workers", type=int, help="our decode threads and the baseline's DataLoader processes "
+                   "(default: every core)")
+    p.add_argument("--slides", type=int, default=d.slides, help="generated slides timed in one process; with 2 "
+                   "or more the first (warm-up) is reported apart and the rest give the steady state (default 1)")
+    p.add_argument("--device", default=d.device, help="device of both pipelines: cpu, cuda[:N], auto (default cpu)")
     p.add_argument("--threads", type=int, help="torch threads of the timed process (default: torch's)")
     p.add_argument("--repeats", type=int, default=d.repeats, help="repeat each timing, keep the best (default 1)")
     p.add_argument("--baseline", action="store_true", help="also time a CLAM-style extraction loop")
@@ -386,10 +435,11 @@ def bench_extract(args: argparse.Namespace) -> dict[str, Any]:
     # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
     from maga_core.errors import MagaError
 
-    if args.size < 512 or args.repeats < 1:
+    if args.size < 512 or args.repeats < 1 or args.slides < 1:
         raise MagaError(f"--size must be at least 512 px and --repeats at least 1 (got {args.size}, {args.repeats})")
     cfg = ExtractBenchConfig(size=args.size, seed=args.seed, slide=args.slide,
                              encoders=[e.strip() for e in args.encoders.split(",") if e.strip()],
                              batch_size=args.batch_size, num_workers=args.workers, threads=args.threads,
-                             repeats=args.repeats, baseline=args.baseline, ideas=args.ideas)
+                             repeats=args.repeats, baseline=args.baseline, ideas=args.ideas, slides=args.slides,
+                             device=args.device)
     return run_extract_bench(cfg, progress=not args.json)

@@ -25,6 +25,7 @@ from typing import Any, Iterator, Sequence
 from maga_core.config import atomic_path
 from maga_core.errors import MagaError
 from maga.presets import PRESET_NAMES
+from maga.provenance import COMMAND_ENV, SOURCES_ENV
 
 # The book builds from a source checkout: its notebooks and book/ folder are not part of the wheel.
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -87,7 +88,13 @@ def execute_notebook(path: str | Path, preset: str = "smoke", out_dir: str | Pat
     failed = out_dir / f"{path.stem}.failed.ipynb"
     partial = out_dir / f".{path.stem}.partial.ipynb"
     try:
-        with _env(STATIC_ENV, os.environ.get(STATIC_ENV, "1")):
+        command = f"python -m maga.book.build --preset {preset} --only {path.stem[:2]}"
+        # The kernel starts in notebooks/: put this checkout first on its path, so that the chapters run
+        # (and their records name) the code the book is built from, not another install of the package.
+        path_env = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        sources = os.pathsep.join(_repo_relative(p) for p in (path, REPO_ROOT / "maga" / "presets.yaml"))
+        with _env(STATIC_ENV, os.environ.get(STATIC_ENV, "1")), _env(COMMAND_ENV, command), \
+                _env(SOURCES_ENV, sources), _env("PYTHONPATH", path_env):
             pm.execute_notebook(
                 str(path), str(partial), parameters={"preset": preset, **params}, kernel_name=KERNEL,
                 cwd=str(path.parent), progress_bar=progress_bar, log_output=False,
@@ -204,6 +211,13 @@ def _env(name: str, value: str) -> Iterator[None]:
 def _first_line(text: str | None) -> str:
     lines = [ln for ln in str(text or "").splitlines() if ln.strip()]
     return lines[0].strip()[:160] if lines else ""
+
+
+def _repo_relative(path: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _shown(path: Path) -> str:

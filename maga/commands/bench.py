@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-from typing import Any
+import os
+import sys
+from typing import Any, Iterator
 
 from maga.bench.registry import discover
 
@@ -33,11 +36,31 @@ def _flat(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return rows
 
 
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Everything written to stdout meanwhile (torch hub's 'Downloading' lines, C libraries, child
+    processes inheriting the descriptor) goes to stderr, so `--json` prints only JSON."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _run(bench, args: argparse.Namespace) -> int:
     # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
+    from maga.provenance import provenance
     from maga_core.config import to_jsonable, write_json
 
-    result = to_jsonable(bench.run(args))
+    with stdout_to_stderr() if args.json else contextlib.nullcontext():
+        result = to_jsonable(bench.run(args))
+    config = {k: v for k, v in vars(args).items() if k != "func"}
+    result["provenance"] = provenance(config=config)
     if args.out:
         write_json(result, args.out)
     if args.json:

@@ -11,6 +11,8 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--token", default="", help="bearer token clients must send (generated and printed once if empty)")
     p.add_argument("--max-upload-mb", type=float, default=2048)
+    p.add_argument("--body-timeout", type=float, default=60.0,
+                   help="seconds an upload may stall between two chunks before it is dropped with 408")
     p.add_argument("--model", required=True, help="a service model folder (maga.telepath.pipeline.save_service_model)")
     add_device_arguments(p)
     p.set_defaults(func=run)
@@ -25,7 +27,8 @@ def run(args) -> int:
     from maga.telepath.server import ServeConfig, create_app
 
     analyzer = SlideAnalyzer.load(args.model, runtime=resolve(args.device, args.precision))
-    config = ServeConfig(token=args.token, max_upload_bytes=int(args.max_upload_mb * 1024**2))
+    config = ServeConfig(token=args.token, max_upload_bytes=int(args.max_upload_mb * 1024**2),
+                         body_timeout_s=args.body_timeout)
     app = create_app(analyzer, config)
     if not args.token:
         print(f"bearer token (shown once): {config.token}", flush=True)

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from maga_core import encoders
-from maga_core.config import save_config, to_jsonable, write_json
+from maga_core.config import save_config, to_jsonable
 from maga_core.data.tiles import tile_table
 from maga_core.device import without_runtime
 from maga_core.encoders import build
@@ -33,6 +33,7 @@ from maga import records
 from maga.distill.measure import count_params, flops_per_tile, measure_run
 from maga.distill.robustness import robustness_curve
 from maga.distill.train import DistillConfig, config_from_dict, distill, read_tile, work_dir_for
+from maga.provenance import write_record
 from maga.records import paper_results
 from maga.runs import run_key
 
@@ -204,7 +205,7 @@ def run_study(cfg: StudyConfig, root: Path, progress: bool = True) -> dict:
               "k": cfg.k, "n_train": len(train), "n_test": len(test),
               "n_test_by_source": {k: int(v.sum()) for k, v in groups.items()}}
     save_config(cfg, out_dir)
-    write_json(result, result_file)
+    write_record(result, result_file, config=cfg)
     return json.loads(result_file.read_text())
 
 
@@ -290,16 +291,17 @@ def verdict(result: dict) -> str:
     """Markdown bullets: each seed claim against this run's numbers, worded from the numbers."""
     t, s, u = result["rows"][0], result["rows"][1], result["rows"][2]
     c = claims(result)["here"]
+    seed = paper_results()["g2l_distillation"]
     lines = [
         f"- **Size**: the student has {s['params']:,} parameters, {c['student params / teacher params']:.1%} of "
-        f"the teacher's {t['params']:,} (seed: about 15%).",
+        f"the teacher's {t['params']:,} (seed: about {seed['student_fraction_of_teacher_params']:.0%}).",
         f"- **Speed**: {s['tiles_per_s']:.1f} vs {t['tiles_per_s']:.1f} tiles/s at batch {t['batch_size']} on "
-        f"{t['device']}: {c['inference speed-up (x)']:.1f}x (seed: 3.2x on a GPU); FLOPs per tile "
+        f"{t['device']}: {c['inference speed-up (x)']:.1f}x (seed: {seed['inference_speedup']:g}x on a GPU); FLOPs per tile "
         f"{s['gflops_per_tile']:.3f} vs {t['gflops_per_tile']:.3f} G"
         + (f" (the student runs at {s['input_px']} px, the teacher at {t['input_px']} px; at the teacher's size "
            f"the student needs {s['gflops_at_teacher_px']:.3f} G)" if s["input_px"] != t["input_px"] else "") + ".",
         f"- **Memory**: peak RSS rise {s['rss_rise_mb']:.0f} vs {t['rss_rise_mb']:.0f} MB: "
-        f"{c['memory reduction']:.0%} less (seed: 76% less GPU memory).",
+        f"{c['memory reduction']:.0%} less (seed: {seed['gpu_memory_reduction_percent']:g}% less GPU memory).",
     ]
     for g in s["auc"]:
         a_t, a_s, a_u = t["auc"][g]["auc"], s["auc"][g]["auc"], u["auc"][g]["auc"]

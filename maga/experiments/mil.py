@@ -31,6 +31,7 @@ from maga_core.mil.gltrans import LOCAL_DILATIONS
 from maga_core.mil.train import TrainConfig
 from maga_core.stats import delong_test
 from maga import records
+from maga.provenance import write_sidecar
 from maga.runs import run_key
 from maga.settings import SETTINGS, setting_kwargs
 from maga.alignment.ensure import ensure_student
@@ -274,7 +275,7 @@ def prepare_features(cfg: ExperimentConfig, root: str | Path, runs: Path, progre
     cohort = ensure_cohort(cfg.cohort, root / "cohort", progress=progress)
     student = student_checkpoint(cfg, runs, progress) if "5x_maga" in cfg.settings else None
     check_leaks(cohort.tiles, trained_tiles(student) if student else None, folds=cfg.folds or cfg.cohort.folds)
-    save_config(cfg, root, "experiment_config.json")
+    write_sidecar(save_config(cfg, root, "experiment_config.json"), config=cfg)
     return {s: extract_setting(cfg, s, cohort.root / "slides", root / "features" / s, progress, runs)
             for s in cfg.settings}
 
@@ -301,6 +302,7 @@ def run_experiment(cfg: ExperimentConfig, root: str | Path, runs: Path, progress
     for name, table in tables.items():
         with atomic_path(root / f"{name}_table.csv") as tmp:
             table.to_csv(tmp, index=False)
+        write_sidecar(root / f"{name}_table.csv", config=cfg)
     return tables
 
 

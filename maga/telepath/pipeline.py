@@ -59,7 +59,7 @@ class SlideAnalyzer:
     def __init__(self, spec: ServiceModel, folder: Path, num_workers: int = 0, runtime: Runtime | None = None):
         self.spec, self.folder, self.num_workers = spec, folder, num_workers
         self.runtime = runtime or Runtime()
-        self.aggregator, _ = load_checkpoint(folder / spec.aggregator)
+        self.aggregator, self.aggregator_config = load_checkpoint(folder / spec.aggregator)
         self.aggregator.to(self.runtime.device)
         self._models: dict[float, object] = {}
         self._lock = threading.Lock()

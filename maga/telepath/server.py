@@ -2,7 +2,8 @@
 
 Uploads are streamed to a private folder under a random name (the client's file name is never a path),
 refused with 413 as soon as they pass the size limit (from Content-Length before anything is stored, or
-while streaming), and removed once analysed. Analyses run in worker threads, one at a time per model
+while streaming), refused with 408 when the sender stalls mid-body (`body_timeout_s` per chunk), and removed
+once analysed or abandoned. Analyses run in worker threads, one at a time per model
 (`max_concurrent`), so a slow or failing slide never blocks the event loop or other requests.
 """
 
@@ -23,6 +24,7 @@ from typing import Protocol
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 from starlette.concurrency import run_in_threadpool
 
 from maga_core.errors import MagaError
@@ -42,11 +44,36 @@ class ServeConfig:
     upload_dir: str = ""  # a private temporary folder when empty
     max_concurrent: int = 1
     keep_results: int = 64  # heatmaps kept in memory for GET /v1/results/<id>/heatmap.png
+    body_timeout_s: float = 60.0  # longest wait for the next chunk of an upload before answering 408
 
 
 def _suffix(name: str | None) -> str:
     suffix = Path(name or "").suffix.lower()
     return suffix if suffix in ALLOWED_SUFFIXES else ".bin"
+
+
+def declared_length(value: str | None) -> int | None:
+    """Content-Length as an int; a value that is not one non-negative decimal number is a 400, never a 500
+    (an ASGI server or proxy in front may pass headers its own parser would refuse)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not (value.isascii() and value.isdigit()) or len(value) > 19:
+        raise HTTPException(400, "malformed Content-Length header")
+    return int(value)
+
+
+async def _chunks(request: Request, timeout_s: float):
+    """The body's chunks; a sender that stalls longer than `timeout_s` between two chunks gets a 408."""
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), timeout_s)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise HTTPException(408, f"upload stalled: no data for {timeout_s:g} s") from None
+        yield chunk
 
 
 def create_app(analyzer: Analyzer, config: ServeConfig) -> FastAPI:
@@ -76,16 +103,16 @@ def create_app(analyzer: Analyzer, config: ServeConfig) -> FastAPI:
     @app.post("/v1/diagnose")
     async def diagnose(request: Request, magnification: float = 5.0) -> JSONResponse:
         check_token(request)
-        declared = request.headers.get("content-length")
-        if declared is not None and int(declared) > config.max_upload_bytes:
-            raise HTTPException(413, f"upload of {int(declared)} bytes exceeds the limit of {config.max_upload_bytes}")
+        declared = declared_length(request.headers.get("content-length"))
+        if declared is not None and declared > config.max_upload_bytes:
+            raise HTTPException(413, f"upload of {declared} bytes exceeds the limit of {config.max_upload_bytes}")
         job = uuid.uuid4().hex
         path = upload_dir / f"{job}{_suffix(request.headers.get('x-filename'))}"
         t0 = time.perf_counter()
         size = 0
         try:
             with open(path, "wb") as fh:
-                async for chunk in request.stream():
+                async for chunk in _chunks(request, config.body_timeout_s):
                     size += len(chunk)
                     if size > config.max_upload_bytes:
                         raise HTTPException(413, f"upload exceeds the limit of {config.max_upload_bytes} bytes")
@@ -99,6 +126,9 @@ def create_app(analyzer: Analyzer, config: ServeConfig) -> FastAPI:
             raise HTTPException(422, str(exc).replace(str(path), "upload")) from None
         except (HTTPException, asyncio.CancelledError):
             raise
+        except ClientDisconnect:  # nobody to answer; the partial upload goes (finally)
+            log.info("upload %s: client left after %d bytes", job, size)
+            raise HTTPException(400, "client disconnected mid-upload") from None
         except Exception as exc:  # a bug or a slide that breaks a library: logged, other requests go on
             log.exception("analysis of upload %s failed", job)
             raise HTTPException(500, f"analysis failed: {type(exc).__name__}: {exc}") from None

@@ -15,10 +15,11 @@ from typing import Any
 
 import pandas as pd
 
-from maga_core.config import save_config, write_json
+from maga_core.config import atomic_path, save_config
 from maga_core.data.manifests import fetch
 from maga_core.errors import MagaError
 from maga import records
+from maga.provenance import machine, write_record, write_sidecar
 from maga.records import paper_results
 from maga.slide_tools.generator import generate_slide
 from maga.telepath.client import send
@@ -79,11 +80,15 @@ def run_study(cfg: TelepathStudyConfig, out_dir: str | Path | None = None) -> di
                     "maga_student": rep.server["maga_student"], "prediction": rep.server["prediction"],
                 })
     table = pd.DataFrame(rows)
-    result = {"rows": rows, "ratios": ratios(table), "config": asdict(cfg)}
+    # What the times were measured with, for the sentences that describe them (save_summary).
+    result = {"rows": rows, "ratios": ratios(table), "config": asdict(cfg), "machine": machine(analyzer.runtime.device),
+              "service": {"aggregator": analyzer.aggregator_config.model, "encoder": analyzer.spec.encoder}}
     if out_dir is not None:
         save_config(cfg, out_dir)
-        write_json(result, Path(out_dir) / "telepath.json")
-        table.to_csv(Path(out_dir) / "telepath.csv", index=False)
+        write_record(result, Path(out_dir) / "telepath.json", config=cfg)
+        with atomic_path(Path(out_dir) / "telepath.csv") as tmp:
+            table.to_csv(tmp, index=False)
+        write_sidecar(Path(out_dir) / "telepath.csv", config=cfg)
     return result
 
 
@@ -153,10 +158,11 @@ def save_summary(result: dict[str, Any], runs: Path) -> Path:
                                  ("inference_s", "inference_s"))}
     low = pd.DataFrame(result["ratios"]).query("magnification == 5.0")
     headline = {paper_key: round(float(low[key].max()), 2) for key, paper_key in HEADLINE.items()}
-    cfg = result["config"]
+    cfg, mach, service = result["config"], result["machine"], result["service"]
+    on = (f"{mach['cpu_count']} CPU cores" if mach["device"] == "cpu" else f"{mach['device']}")
     where = (f"{slide}, sent by HTTP to a loopback server capped at {cfg['bandwidth_mbps']:g} Mbps and analysed on "
-             f"2 CPU cores (GLTrans + EfficientNet-Lite0; 5x with its MAGA student); the paper: an RTX 4090 and a "
-             f"real 200 Mbps link")
+             f"{on} ({service['aggregator']} + {service['encoder']}; 5x with its MAGA student); the paper: an RTX "
+             f"4090 and a real 200 Mbps link")
     return records.save_results(
         "08_telepathology", runs=runs, figures={"frozen_section_telepathology": section, "headline": headline},
         notes={"frozen_section_telepathology": where,

@@ -46,13 +46,16 @@ class InputPipeline:
         return self.input_px if self.mode == "native" else self.teacher_px
 
     def __call__(self, patches) -> torch.Tensor:
-        """patches: uint8 [B,h,w,3] (array, tensor or list of same-size HxWx3)."""
+        """patches: uint8 [B,h,w,3] (array, list of same-size HxWx3, or a tensor on any device: the
+        result stays there, so extraction normalises and resizes on the GPU)."""
         if isinstance(patches, torch.Tensor):
-            patches = patches.numpy()
-        batch = patches if isinstance(patches, np.ndarray) else np.stack([np.asarray(p) for p in patches])
-        if batch.dtype != np.uint8 or batch.ndim != 4:
-            raise TypeError(f"expected uint8 [B,h,w,3] patches, got {batch.dtype} {batch.shape}")
-        x = torch.from_numpy(np.array(batch)).permute(0, 3, 1, 2).float().div_(255.0)  # a writable copy
+            batch = patches
+        else:
+            arr = patches if isinstance(patches, np.ndarray) else np.stack([np.asarray(p) for p in patches])
+            batch = torch.from_numpy(np.array(arr))  # a writable copy
+        if batch.dtype != torch.uint8 or batch.ndim != 4:
+            raise TypeError(f"expected uint8 [B,h,w,3] patches, got {batch.dtype} {tuple(batch.shape)}")
+        x = batch.permute(0, 3, 1, 2).float().div_(255.0)
         if self.mode == "upsample":
             size = [round(s * self.teacher_px / self.input_px) for s in x.shape[-2:]]
             x = F.interpolate(x, size=size, mode=self.interp,

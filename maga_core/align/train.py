@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from maga_core.config import atomic_path, save_config, to_jsonable, write_json
+from maga_core.config import atomic_path, save_config, to_jsonable, torch_save, write_json
 from maga_core.device import Runtime, resolve
 from maga_core.encoders import build
 from maga_core.errors import MagaError
@@ -366,8 +366,7 @@ def train(cfg: AlignConfig, out: str | Path, progress: bool = True,
             "student": {k: v.cpu() for k, v in student.state_dict().items()}, "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "torch": str(torch.__version__),
         }
-        with atomic_path(out) as tmp:
-            torch.save(state, tmp)
+        torch_save(state, out)
         _write_history(out, history)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)

@@ -72,8 +72,10 @@ def feature_writer(path: str | Path, n: int, dim: int, coords: np.ndarray | None
     path = Path(path)
     coords = _check_index(path, n, coords, paths)
     attrs.setdefault("student_sha256", "")
+    # HDF5 writes go through a Python file object: a full disk then raises OSError here, where h5py's own
+    # file driver crashes the interpreter (segfault) when a write fails (measured: maga bench reliability).
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as h5:
+        with open(tmp, "wb") as fh, h5py.File(fh, "w") as h5:
             ds = h5.create_dataset("features", shape=(n, dim), dtype=np.float32,
                                    chunks=(max(1, min(n, 256)), dim) if n and dim else None)
             if coords is not None:

@@ -98,16 +98,25 @@ def load(name: str) -> Manifest:
     path = manifest_dir() / f"{name}.yaml"
     if not path.is_file():
         raise MagaError(f"no such data manifest (known: {', '.join(names())})", path)
-    raw = yaml.safe_load(path.read_text())
-    files = tuple(
-        FileEntry(
-            path=f["path"], sha256=f["sha256"], size=int(f["size"]), url=f.get("url"),
-            meta={k: v for k, v in f.items() if k not in {"path", "sha256", "size", "url"}},
+    return parse_manifest(path.read_text(), path)
+
+
+def parse_manifest(text: str, where: str | Path) -> Manifest:
+    """A manifest from its YAML text; anything else (bad YAML, missing keys, wrong types) is one line."""
+    try:
+        raw = yaml.safe_load(text)
+        files = tuple(
+            FileEntry(
+                path=str(f["path"]), sha256=str(f["sha256"]), size=int(f["size"]), url=f.get("url"),
+                meta={k: v for k, v in f.items() if k not in {"path", "sha256", "size", "url"}},
+            )
+            for f in raw.pop("files")
         )
-        for f in raw.pop("files")
-    )
-    core = {k: raw.pop(k) for k in ("name", "title", "license", "origin", "kind")}
-    return Manifest(**core, mirror=raw.pop("mirror", "data"), files=files, info=raw)
+        core = {k: raw.pop(k) for k in ("name", "title", "license", "origin", "kind")}
+        return Manifest(**core, mirror=raw.pop("mirror", "data"), files=files, info=raw)
+    except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        cause = str(exc).splitlines()[0] if str(exc) else ""
+        raise MagaError(f"not a data manifest ({type(exc).__name__}: {cause})", where) from None
 
 
 _verified: dict[tuple[str, int, int], str] = {}

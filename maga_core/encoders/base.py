@@ -39,13 +39,16 @@ class Normalize:
             x = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
         if x.dtype != torch.uint8:
             raise TypeError(f"expected uint8 pixels, got {x.dtype}")
-        x = x.movedim(-1, -3).float().div_(255.0)
-        return self.normalize(x)
+        # One conversion and two in-place passes ((x / 255 - mean) / std folded into x * a + b): this runs
+        # on every patch of a slide, on the device that holds the batch.
+        scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=x.device).view(3, 1, 1)
+        shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std)], device=x.device).view(3, 1, 1)
+        return x.movedim(-1, -3).float().mul_(scale).add_(shift)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize float pixels in [0, 1], channels first."""
-        mean = torch.tensor(self.mean, dtype=x.dtype).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype).view(3, 1, 1)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
         return (x - mean) / std
 
     def __repr__(self) -> str:

@@ -66,6 +66,15 @@ class CVConfig:
 
 # ---------------------------------------------------------------- labels and splits
 
+def _read_csv(path: Path, dtype: dict[str, type]) -> pd.DataFrame:
+    """A CSV as a DataFrame; a file pandas cannot parse is a one-line MagaError."""
+    try:
+        return pd.read_csv(path, dtype=dtype)
+    except Exception as exc:  # noqa: BLE001 - parser, decoding and empty-file errors alike
+        cause = " ".join(str(exc).split())
+        raise MagaError(f"cannot read CSV ({type(exc).__name__}: {cause})", path) from None
+
+
 def read_labels(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
     """slide, label (int), patient (default: the slide), optional fold; plus the class names.
 
@@ -75,10 +84,7 @@ def read_labels(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
     path = Path(path)
     if not path.is_file():
         raise MagaError("labels file not found", path)
-    try:
-        df = pd.read_csv(path, dtype={"slide": str, "patient": str})
-    except Exception as exc:
-        raise MagaError(f"cannot read CSV ({type(exc).__name__}: {exc})", path) from exc
+    df = _read_csv(path, {"slide": str, "patient": str})
     missing = {"slide", "label"} - set(df.columns)
     if missing:
         raise MagaError(f"missing column(s) {sorted(missing)} (need slide, label[, patient][, fold])", path)
@@ -142,7 +148,7 @@ def read_splits(path: str | Path, labels: pd.DataFrame) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise MagaError("splits file not found", path)
-    sp = pd.read_csv(path, dtype={"slide": str})
+    sp = _read_csv(path, {"slide": str})
     if {"fold", "slide", "part"} - set(sp.columns) or not sp["part"].isin(PARTS).all():
         raise MagaError("need columns fold, slide, part with part in train/val/test", path)
     merged = sp.merge(labels[["slide", "patient", "label"]], on="slide", how="left")

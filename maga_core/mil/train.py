@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from maga_core import mil
-from maga_core.config import atomic_path, save_config
+from maga_core.config import atomic_path, save_config, torch_save
 from maga_core.data.features import read_features
 from maga_core.device import Runtime
 from maga_core.errors import MagaError
@@ -360,9 +360,7 @@ def save_checkpoint(model: nn.Module, cfg: TrainConfig, in_dim: int, n_classes: 
     """Weights plus what is needed to rebuild the model (name, dims, config), written atomically."""
     payload = {"model": cfg.model, "in_dim": in_dim, "n_classes": n_classes, "config": dataclasses.asdict(cfg),
                "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, **extra}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return Path(path)
+    return torch_save(payload, path)
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, TrainConfig]:

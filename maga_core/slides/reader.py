@@ -60,7 +60,7 @@ class SlideReader(abc.ABC):
         except MagaError:
             raise
         except Exception as exc:  # library errors: corrupt tile, truncated data, codec failure
-            raise MagaError(f"cannot read pixels at {tuple(location)} level {level} "
+            raise MagaError(f"cannot read pixels at {tuple(location)} level {level}, {w}x{h} px "
                             f"({type(exc).__name__}: {exc}); the file may be truncated or corrupt",
                             self.path) from exc
         return out
@@ -80,11 +80,30 @@ class SlideReader(abc.ABC):
         scale = max(w0, h0) / max_px
         level = self.best_level_for_downsample(max(scale, 1.0))
         lw, lh = self.level_dimensions[level]
-        region = self.read_region((0, 0), level, (lw, lh))
         tw, th = max(1, round(w0 / max(scale, 1.0))), max(1, round(h0 / max(scale, 1.0)))
+        if lw * lh > self.THUMBNAIL_READ_PX:
+            return self._thumbnail_in_strips(level, (tw, th))
+        region = self.read_region((0, 0), level, (lw, lh))
         if (tw, th) == (lw, lh):
             return region
         return np.asarray(Image.fromarray(region).resize((tw, th), Image.Resampling.BOX))
+
+    # A level larger than this (pixels) is reduced strip by strip: a slide without a pyramid (or a file
+    # claiming absurd dimensions) must not need memory for the whole level at once.
+    THUMBNAIL_READ_PX = 1 << 24
+
+    def _thumbnail_in_strips(self, level: int, size: tuple[int, int]) -> np.ndarray:
+        lw, lh = self.level_dimensions[level]
+        tw, th = size
+        ds = float(self.level_downsamples[level])
+        rows = max(1, int(self.THUMBNAIL_READ_PX // lw * th // lh))  # output rows per strip
+        out = np.empty((th, tw, 3), dtype=np.uint8)
+        for r0 in range(0, th, rows):
+            r1 = min(th, r0 + rows)
+            y0, y1 = round(r0 * lh / th), max(round(r0 * lh / th) + 1, round(r1 * lh / th))
+            strip = self.read_region((0, round(y0 * ds)), level, (lw, y1 - y0))
+            out[r0:r1] = np.asarray(Image.fromarray(strip).resize((tw, r1 - r0), Image.Resampling.BOX))
+        return out
 
     def info(self) -> dict[str, Any]:
         """What `maga info` prints."""

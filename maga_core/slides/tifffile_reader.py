@@ -42,6 +42,8 @@ class TiffFileReader(SlideReader):
                     raise MagaError(f"unsupported pixel type {page.dtype}; need 8-bit RGB", path)
             self.format = "tifffile/ome" if self._tf.is_ome else "tifffile/tiff"
             self.level_dimensions = tuple((p.imagewidth, p.imagelength) for p in self._pages)
+            if any(w < 1 or h < 1 for w, h in self.level_dimensions):  # found by fuzzing (maga bench reliability)
+                raise MagaError(f"a pyramid level of zero size {self.level_dimensions}; corrupt TIFF", path)
             self.dimensions = self.level_dimensions[0]
             self.level_downsamples = tuple(self.dimensions[0] / w for w, _ in self.level_dimensions)
             ome_mpp, ome_obj = resolution_from_ome(self._tf.ome_metadata if self._tf.is_ome else None)

@@ -130,16 +130,65 @@ def test_distillation_is_deterministic_and_resumes_after_a_cut(real_tiles, tmp_p
     assert [h["step_losses"] for h in resumed.history] == [h["step_losses"] for h in whole.history]
 
 
-def test_cost_measurement_is_sane():
+def _conv_linear_flops(model: torch.nn.Module, px: int) -> int:
+    """An independent count: 2 x multiply-adds of every convolution and linear layer, from forward hooks."""
+    total = [0]
+
+    def conv(m, inp, out):
+        total[0] += 2 * out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear(m, inp, out):
+        total[0] += 2 * out.numel() * m.in_features
+
+    hooks = [m.register_forward_hook(conv if isinstance(m, torch.nn.Conv2d) else linear)
+             for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, px, px))
+    for h in hooks:
+        h.remove()
+    return total[0]
+
+
+def test_flops_per_tile_counts_every_multiply_and_add():
     teacher, student = build("efficientnet_lite2"), build("mobilenetv2_050", "random")
-    ft, fs = flops_per_tile(teacher, 128), flops_per_tile(student, 128)
-    assert 1e8 < ft < 1e10 and 0.05 < fs / ft < 0.5
+    for model in (teacher, student):
+        assert flops_per_tile(model, 128) == pytest.approx(_conv_linear_flops(model, 128), rel=0.01)
+    fs = flops_per_tile(student, 128)
     assert flops_per_tile(student, 256) == pytest.approx(4 * fs, rel=0.05)  # convolutions scale with area
-    # One fresh process (each costs an interpreter start); `maga bench distill` runs both models.
+
+
+def test_speed_counts_the_timed_batches_at_the_asked_size(monkeypatch):
+    """tiles/s and ms/batch on a clock that moves a quarter second per forward pass: exactly the timed
+    batches count, warm-up excluded, at the batch size and input size asked."""
+    import time
+    from types import SimpleNamespace
+
+    from maga.distill import measure
+
+    clock, shapes = {"t": 0.0}, []
+
+    class Net(torch.nn.Module):
+        spec = SimpleNamespace(input_px=999)
+
+        def forward(self, x):
+            shapes.append(tuple(x.shape))
+            clock["t"] += 0.25
+            return x.mean((2, 3))
+
+    monkeypatch.setattr(measure, "build", lambda name, weights=None: Net())
+    monkeypatch.setattr(time, "perf_counter", lambda: clock["t"])
+    cost = measure._measure_here("net", None, batch_size=6, input_px=16, batches=4, warmup=3,
+                                 threads=torch.get_num_threads(), device="cpu")
+    assert shapes == [(6, 3, 16, 16)] * 7
+    assert cost.ms_per_batch == pytest.approx(250.0) and cost.tiles_per_s == pytest.approx(24.0)
+
+
+def test_cost_measurement_in_a_fresh_process():
+    # One fresh process each (each costs an interpreter start); `maga bench distill` runs both models.
     small = measure_run("mobilenetv2_050", "random", batch_size=2, input_px=64, batches=1, warmup=1)
     big = measure_run("mobilenetv2_050", "random", batch_size=32, input_px=128, batches=1, warmup=1)
     for r in (small, big):
-        assert r.tiles_per_s > 0.1 and r.device == "cpu" and r.threads == 1
+        assert r.device == "cpu" and r.threads == 1
         assert 1 < r.rss_rise_mb < 4000 and r.peak_rss_mb > r.rss_rise_mb
     assert (big.batch_size, big.input_px) == (32, 128)
     assert big.rss_rise_mb > small.rss_rise_mb + 20  # activations of 64x the pixels
@@ -158,6 +207,23 @@ def test_distillation_refuses_evaluation_tiles():
 
 
 @pytest.mark.notebooks
-def test_chapter_runs_with_the_smoke_preset(smoke_book):
+def test_chapter_records_what_its_study_measured(smoke_book):
+    import json
+
+    from maga.distill import study
+
     assert "06_distillation" in {p.stem for p in smoke_book.executed}
-    assert (smoke_book.html / "chapters" / "06_distillation.html").is_file()
+    [result_file] = (smoke_book.runs / "distill").glob("study-*/results.json")
+    result = json.loads(result_file.read_text())
+    teacher, student = result["rows"][0], result["rows"][1]
+    assert teacher["params"] == count_params(build(teacher["encoder"]))
+    rec = json.loads((smoke_book.runs / "results" / "06_distillation.json").read_text())
+    here, g2l = study.measured_claims(result), rec["figures"]["g2l_distillation"]
+    assert g2l["student_fraction_of_teacher_params"] == pytest.approx(here["param_ratio"], abs=1e-4)
+    assert g2l["inference_speedup"] == pytest.approx(student["tiles_per_s"] / teacher["tiles_per_s"], abs=1e-4)
+    assert rec["provenance"]["command"] == "python -m maga.book.build --preset smoke --only 06"
+    assert "maga/distill/study.py" in rec["provenance"]["modules"]
+    nb = json.loads((smoke_book.book_dir / "chapters" / "06_distillation.ipynb").read_text())
+    shown = "".join("".join(o.get("data", {}).get("text/markdown", "")) for c in nb["cells"]
+                    for o in c.get("outputs", []))
+    assert f"the student has {student['params']:,} parameters" in shown  # the verdict, from this run

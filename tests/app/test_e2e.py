@@ -195,6 +195,12 @@ def test_cli_under_torchrun_and_bad_input(data_file, tmp_path):
 
 
 @pytest.mark.notebooks
-def test_chapter_smoke(smoke_book):
+def test_chapter_records_its_memory_and_claims(smoke_book):
     assert "07_end_to_end" in {p.stem for p in smoke_book.executed}
-    assert (smoke_book.html / "chapters" / "07_end_to_end.html").is_file()
+    rec = json.loads((smoke_book.runs / "results" / "07_end_to_end.json").read_text())
+    assert rec["provenance"]["command"] == "python -m maga.book.build --preset smoke --only 07"
+    per_tile = {r["magnification"]: r["mib_per_tile"] for r in rec["extra"]["memory"] if not r["checkpoint"]}
+    assert rec["extra"]["memory_ratio_20x_5x"] == pytest.approx(per_tile[20.0] / per_tile[5.0])
+    assert per_tile[5.0] < per_tile[20.0]  # a 5x tile (1/16 of the pixels) costs less training memory
+    claims = rec["figures"]["beyond_mil_end_to_end"]["claims"]
+    assert len(claims) == 3 and all(isinstance(c, str) and c for c in claims)

@@ -29,10 +29,13 @@ def test_environment_yml_matches_pyproject():
     assert dict(p.split("==") for p in pip) == _pins()
 
 
-def test_torchvision_compiled_operators_load():
-    import torch
-    import torchvision
+def test_doctor_checks_the_pinned_torch_pair():
+    """`maga doctor`'s check of torch/torchvision passes here, reports the pinned versions, and its fix
+    installs exactly the pins of pyproject.toml."""
+    from maga.commands.doctor import check_torch
 
-    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], dtype=torch.float32)
-    keep = torchvision.ops.nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5)
-    assert keep.tolist() == [0, 2]
+    ok, detail, fix = check_torch()
+    pins = _pins()
+    assert ok, detail
+    assert detail.startswith(f"torch {pins['torch']}") and f"torchvision {pins['torchvision']}" in detail
+    assert f"torch=={pins['torch']} torchvision=={pins['torchvision']}" in fix

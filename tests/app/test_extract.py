@@ -15,9 +15,9 @@ import torch
 from maga import cli
 from maga_core.data.features import feature_writer, read_features, write_features
 from maga_core.errors import MagaError
-from maga.extract import (ExtractConfig, embed, extract_batch, extract_slide, extract_tiles, load_model,
-                               one_line_cause, plan)
-from maga_core.slides import aligned_grid, detect_tissue, open_slide, read_patch
+from maga.extract import (EXTRACT_TISSUE_MPP, ExtractConfig, embed, extract_batch, extract_slide, extract_tiles,
+                          load_model, one_line_cause, plan)
+from maga_core.slides import TissueConfig, aligned_grid, detect_tissue, open_slide, read_patch
 
 ENCODER = "efficientnet_lite0"
 
@@ -68,7 +68,7 @@ def test_slide_hdf5_layout_matches_direct_patch_features(tmp_path, cmu, model_5x
 
     ff = read_features(res.out)
     with open_slide(cmu) as reader:
-        grid = aligned_grid(reader, detect_tissue(reader), (5.0,))
+        grid = aligned_grid(reader, detect_tissue(reader, TissueConfig(thumb_mpp=EXTRACT_TISSUE_MPP)), (5.0,))
         np.testing.assert_array_equal(ff.coords, grid)  # the one grid shared by all magnifications
         w, h = reader.dimensions
         assert (ff.coords >= 0).all() and (ff.coords[:, 0] < w).all() and (ff.coords[:, 1] < h).all()
@@ -223,6 +223,9 @@ def test_bench_extract_reports_every_field(tmp_path, capsys):
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
     assert result == json.loads((tmp_path / "bench.json").read_text())
+    prov = result["provenance"]  # the record names its command, configuration and code
+    assert prov["command"].startswith("maga bench extract --json --size 1024")
+    assert prov["config"]["size"] == 1024 and "maga/bench/extract.py" in prov["modules"]
     row = result["encoders"][ENCODER]
     for key in ("model_only_tiles_per_s", "pipeline_tiles_per_s", "pipeline_efficiency", "slide_seconds_20x",
                 "slide_seconds_5x", "ratio_20x_over_5x"):

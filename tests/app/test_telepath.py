@@ -170,5 +170,25 @@ def test_chapter_runs_the_study_with_the_smoke_preset(smoke_book):
     assert "08_telepathology" in {p.stem for p in smoke_book.executed}
     result = json.loads((smoke_book.runs / "telepath" / "telepath.json").read_text())
     mags = sorted(r["magnification"] for r in result["rows"])
-    assert mags == [5.0, 20.0] and result["ratios"][0]["storage_reduction"] > 4
+    assert mags == [5.0, 20.0]
+    r = result["ratios"][0]
+    assert r["pixel_reduction"] == pytest.approx(16, rel=0.03)  # (20 / 5)^2 of the same slide
+    # JPEG: bytes fall slower than pixels, but a 5x file far smaller than the 20x one
+    assert r["pixel_reduction"] / 2 < r["storage_reduction"] <= r["pixel_reduction"] * 1.05
+    assert result["provenance"]["config"]["bandwidth_mbps"] == result["config"]["bandwidth_mbps"]
+    assert result["machine"]["cpu_count"] == os.cpu_count()
     assert any(r["maga_student"] for r in result["rows"] if r["magnification"] == 5.0)
+
+
+def test_ratios_are_20x_over_each_lower_magnification():
+    import pandas as pd
+
+    from maga.telepath.study import ratios
+
+    rows = [{"slide": "a", "magnification": m, "bytes": b, "gigapixels": g, "transfer_s": t, "inference_s": i}
+            for m, b, g, t, i in [(20.0, 1600, 1.6, 8.0, 30.0), (10.0, 500, 0.4, 2.0, 10.0), (5.0, 200, 0.1, 0.5, 3.0)]]
+    out = {r["magnification"]: r for r in ratios(pd.DataFrame(rows))}
+    assert set(out) == {10.0, 5.0}
+    assert out[5.0] == {"slide": "a", "magnification": 5.0, "storage_reduction": 8.0, "pixel_reduction": 16.0,
+                        "communication_reduction": 16.0, "compute_reduction": 10.0}
+    assert out[10.0]["storage_reduction"] == pytest.approx(3.2)

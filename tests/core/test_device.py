@@ -41,15 +41,6 @@ def test_resolve_on_this_machine(monkeypatch):
         assert rt.device == "cuda:0" and rt.pin_memory and rt.precision in ("bf16", "fp16")
 
 
-def test_autocast_changes_the_compute_dtype_only_when_asked():
-    lin = torch.nn.Linear(8, 4)
-    x = torch.randn(2, 8)
-    with device.Runtime("cpu", "fp32").autocast():
-        assert lin(x).dtype == torch.float32
-    with device.Runtime("cpu", "bf16").autocast():
-        assert lin(x).dtype == torch.bfloat16
-
-
 @pytest.mark.usefixtures("one_thread")
 def test_bf16_features_close_to_fp32_and_outputs_fp32_on_cpu(cmu):
     fp32 = load_model("efficientnet_lite0", mag=20, runtime=device.Runtime("cpu", "fp32"))

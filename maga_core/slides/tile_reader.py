@@ -1,0 +1,185 @@
+"""The fast read path: a slide's own compressed tiles, decoded in parallel on every core.
+
+`TileReader` wraps the reader of record (OpenSlide for SVS semantics, tifffile for OME) and answers
+`read_region` for every pyramid level stored as a tiled JPEG TIFF page by fetching the raw tiles the
+region touches (one locked file read) and decoding them in a thread pool (libjpeg-turbo through
+imagecodecs releases the GIL); decoded tiles are kept in a small LRU cache, so neighbouring patches of
+one batch decode a shared tile once. Anything else (JPEG 2000, other formats, sub-pixel positions) is
+delegated to the wrapped reader. Measured on a generated 8192 px slide, one core: 1,500 tiles/s vs 440
+for OpenSlide `read_region` per 256 px patch, with identical pixels (tests/test_tile_reader.py).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from maga_core.errors import MagaError
+from maga_core.slides.reader import SlideReader, paste
+
+JPEG = 7  # TIFF compression: new-style JPEG, what Aperio SVS and libvips/OpenSlide generic TIFFs hold
+POOL_PREFIX = "maga-decode"
+CACHE_TILES = 256  # decoded tiles kept (256 px RGB: 48 MiB at most)
+
+
+def decode_threads() -> int:
+    """Every core: decoding is the CPU work of the data path (MAGA_DECODE_THREADS overrides)."""
+    return max(1, int(os.environ.get("MAGA_DECODE_THREADS", 0)) or os.cpu_count() or 1)
+
+
+def _jpeg_pages(path: Path, level_dimensions: Sequence[tuple[int, int]]) -> dict[int, object]:
+    """{reader level: tifffile page} for levels stored as tiled 8-bit RGB JPEG pages of the same size."""
+    import tifffile
+
+    try:
+        tf = tifffile.TiffFile(path)
+    except Exception:  # not a TIFF (OpenSlide's other formats): nothing to decode ourselves
+        return {}
+    try:
+        pages = [lvl.pages[0] for lvl in tf.series[0].levels]
+    except Exception:
+        tf.close()
+        return {}
+    found = {}
+    for level, dims in enumerate(level_dimensions):
+        for page in pages:
+            if ((page.imagewidth, page.imagelength) == tuple(dims) and page.is_tiled and page.compression == JPEG
+                    and page.dtype == np.uint8 and page.samplesperpixel == 3 and page.planarconfig == 1):
+                found[level] = page
+                break
+    if not found:
+        tf.close()
+    return found
+
+
+class TileReader(SlideReader):
+    """A reader of record with JPEG-tiled levels decoded here (see the module docstring)."""
+
+    def __init__(self, base: SlideReader, threads: int | None = None):
+        self.base = base
+        self.path, self.format = base.path, base.format
+        self.dimensions, self.level_dimensions = base.dimensions, base.level_dimensions
+        self.level_downsamples, self.resolution = base.level_downsamples, base.resolution
+        self.pages = _jpeg_pages(base.path, base.level_dimensions)
+        self._fh = next(iter(self.pages.values())).parent.filehandle if self.pages else None
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self.threads = threads or decode_threads()
+        self.decode_seconds = 0.0  # wall time spent fetching and decoding tiles (StageTimes' read_decode)
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix=POOL_PREFIX) if self.pages else None
+
+    def fast_level(self, level: int) -> bool:
+        return level in self.pages
+
+    def _decode(self, level: int, indices: list[int]) -> dict[int, np.ndarray]:
+        """Decoded tiles {index: tile [th, tw, 3]} of one level, from the cache or decoded in parallel."""
+        page, t0 = self.pages[level], time.perf_counter()
+        with self._lock:
+            have = {i: self._cache[(level, i)] for i in indices if (level, i) in self._cache}
+            todo = [i for i in indices if i not in have]
+            raw = list(self._fh.read_segments([page.dataoffsets[i] for i in todo],
+                                              [page.databytecounts[i] for i in todo], indices=todo,
+                                              sort=True)) if todo else []
+        args = {"_fullsize": True, "jpegtables": page.jpegtables, "jpegheader": page.jpegheader}
+
+        def one(item):
+            data, index = item
+            if data is None or len(data) == 0:  # a missing tile: white, as OpenSlide shows it
+                return index, np.full((page.tilelength, page.tilewidth, 3), 255, np.uint8)
+            try:
+                return index, page.decode(data, index, **args)[0][0]
+            except Exception as exc:  # a damaged tile: name its region the way read_region does
+                raise self._tile_error(level, index, exc) from exc
+
+        nested = threading.current_thread().name.startswith(POOL_PREFIX)  # already on a decode thread
+        done = dict(self._pool.map(one, raw) if len(raw) > 1 and not nested else map(one, raw))
+        with self._lock:
+            for i, tile in done.items():
+                self._cache[(level, i)] = tile
+                self._cache.move_to_end((level, i))
+            while len(self._cache) > CACHE_TILES:
+                self._cache.popitem(last=False)
+            self.decode_seconds += time.perf_counter() - t0
+        return {**have, **done}
+
+    def _tile_error(self, level: int, index: int, exc: Exception) -> MagaError:
+        page, ds = self.pages[level], self.level_downsamples[level]
+        per_row = -(-page.imagewidth // page.tilewidth)
+        x, y = (index % per_row) * page.tilewidth, (index // per_row) * page.tilelength
+        return MagaError(f"cannot read pixels at ({round(x * ds)}, {round(y * ds)}) level {level}, "
+                         f"{page.tilewidth}x{page.tilelength} px ({type(exc).__name__}: {exc}); "
+                         "the file may be truncated or corrupt", self.path)
+
+    def _tiles_of(self, level: int, x0: int, y0: int, w: int, h: int) -> list[int]:
+        page = self.pages[level]
+        W, H, tw, th = page.imagewidth, page.imagelength, page.tilewidth, page.tilelength
+        ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + w, W), min(y0 + h, H)
+        if ix0 >= ix1 or iy0 >= iy1:
+            return []
+        per_row = -(-W // tw)
+        return [r * per_row + c for r in range(iy0 // th, (iy1 - 1) // th + 1)
+                for c in range(ix0 // tw, (ix1 - 1) // tw + 1)]
+
+    def _paste(self, level: int, tiles: dict[int, np.ndarray], x0: int, y0: int, w: int, h: int) -> np.ndarray:
+        page = self.pages[level]
+        W, H, tw, th = page.imagewidth, page.imagelength, page.tilewidth, page.tilelength
+        per_row = -(-W // tw)
+        out = np.full((h, w, 3), 255, np.uint8)
+        for i in self._tiles_of(level, x0, y0, w, h):
+            sy, sx = (i // per_row) * th, (i % per_row) * tw
+            paste(out, tiles[i][:H - sy, :W - sx], sx, sy, x0, y0)  # edge tiles are padded
+        return out
+
+    def _level_xy(self, location: tuple[int, int], level: int) -> tuple[int, int] | None:
+        """Level pixel of a level-0 location when it is a whole pixel there (else OpenSlide resamples)."""
+        ds = self.level_downsamples[level]
+        lx, ly = location[0] / ds, location[1] / ds
+        return (int(lx), int(ly)) if lx == int(lx) and ly == int(ly) else None
+
+    def _read(self, location, level, size):
+        xy = self._level_xy(location, level) if level in self.pages else None
+        if xy is None:
+            return self.base.read_region(location, level, size)
+        w, h = size
+        return self._paste(level, self._decode(level, self._tiles_of(level, *xy, w, h)), *xy, w, h)
+
+    def read_regions(self, locations: Sequence[tuple[int, int]], level: int, size: tuple[int, int]) -> np.ndarray:
+        """Regions of one size at one level as uint8 [N, h, w, 3]: the union of their tiles decoded once,
+        in parallel, then cut (what a batch of patches at a stored magnification needs)."""
+        w, h = int(size[0]), int(size[1])
+        out = np.empty((len(locations), h, w, 3), np.uint8)
+        xys = [self._level_xy(loc, level) if level in self.pages else None for loc in locations]
+        need = sorted({i for xy in xys if xy is not None for i in self._tiles_of(level, *xy, w, h)})
+        tiles = self._decode(level, need) if need else {}
+        for k, (loc, xy) in enumerate(zip(locations, xys)):
+            out[k] = self.base.read_region(loc, level, (w, h)) if xy is None else self._paste(level, tiles, *xy, w, h)
+        return out
+
+    def map(self, fn, items):
+        """fn over items on the decode threads (per-patch work that cannot batch: resampled patches)."""
+        return list(self._pool.map(fn, items)) if self._pool and len(items) > 1 else [fn(i) for i in items]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        if self.pages:
+            next(iter(self.pages.values())).parent.close()
+        self._cache.clear()
+        self.base.close()
+
+
+def fast_reader(reader: SlideReader, threads: int | None = None) -> SlideReader:
+    """`reader` with its JPEG-tiled levels decoded by `TileReader`; unchanged when it has none."""
+    if isinstance(reader, TileReader):
+        return reader
+    wrapped = TileReader(reader, threads)
+    if not wrapped.pages:
+        return reader
+    return wrapped
