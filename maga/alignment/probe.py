@@ -94,7 +94,7 @@ def feature_kinds(mag: float) -> dict[str, str]:
     }
 
 
-def _task_tiles(dataset: str, cfg: ProbeConfig):
+def task_tiles(dataset: str, cfg: ProbeConfig):
     """The evaluated tiles of the two classes: the held-out test split, or a validation fold."""
     table = select_split(tile_table(dataset), cfg.eval_split)
     table = table[table["class"].isin(CLASSES)].reset_index(drop=True)
@@ -104,6 +104,18 @@ def _task_tiles(dataset: str, cfg: ProbeConfig):
         table = table.groupby("class").head(cfg.max_tiles_per_class).drop(columns="_turn").sort_index()
         table = table.reset_index(drop=True)
     return table
+
+
+def tile_views(table, cfg: ProbeConfig, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 20x and `cfg.mag` views [N,h,w,3] of a task's tiles (`views.view_at_mag`, as training)."""
+    tiles = [read_tile(p) for p in tqdm(table["path"], desc="read tiles", disable=not progress, leave=False)]
+    return (np.stack([view_at_mag(t, cfg.tile_mpp, 20.0) for t in tiles]),
+            np.stack([view_at_mag(t, cfg.tile_mpp, cfg.mag) for t in tiles]))
+
+
+def task_labels(table) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (1 = squamous) and the groups (cases or clusters) the probe's folds keep whole."""
+    return (table["class"] == CLASSES[1]).to_numpy().astype(int), table["group"].to_numpy().astype(str)
 
 
 def encode(encoder, prepare, patches: np.ndarray, batch: int = 32) -> np.ndarray:
@@ -253,13 +265,10 @@ def run_probe_study(cfg: ProbeConfig | None, runs: Path, out_dir: str | Path | N
                "tasks": {}}
     arrays = {}
     for task, dataset in TASKS.items():
-        table = _task_tiles(dataset, cfg)
-        tiles = [read_tile(p) for p in tqdm(table["path"], desc=f"read {task}", disable=not progress, leave=False)]
-        high = np.stack([view_at_mag(t, cfg.tile_mpp, 20.0) for t in tiles])
-        low = np.stack([view_at_mag(t, cfg.tile_mpp, cfg.mag) for t in tiles])
+        table = task_tiles(dataset, cfg)
+        high, low = tile_views(table, cfg, progress)
         feats = compute_features(cfg, teacher, students, high, low)
-        y = (table["class"] == CLASSES[1]).to_numpy().astype(int)
-        groups = table["group"].to_numpy().astype(str)
+        y, groups = task_labels(table)
         summary, per_tile = evaluate_task(cfg, feats, y, groups)
         results["tasks"][task] = {"dataset": dataset, "px": {"20x": high.shape[1], f"{cfg.mag:g}x": low.shape[1]},
                                   **summary}

@@ -55,6 +55,23 @@ def training_text(students: dict) -> str:
     return "\n".join(lines)
 
 
+def _scalar(x) -> float:
+    """A float from a number or a (possibly graph-carrying) one-element tensor."""
+    return float(x.detach()) if hasattr(x, "detach") else float(x)
+
+
+def step_table(weights: dict[str, float], before: tuple, after: tuple) -> pd.DataFrame:
+    """One batch's MAGA loss per tap before and after one optimiser step: the unweighted L1 of each tap,
+    its weight, and the weighted total (`before`/`after`: what `train_step`/`batch_loss` return)."""
+    (total_before, parts_before), (total_after, parts_after) = before, after
+    rows = {tap: {"weight": w, "L1 before": _scalar(parts_before[tap]), "L1 after": _scalar(parts_after[tap])}
+            for tap, w in weights.items()}
+    rows["loss (weighted sum)"] = {"weight": float("nan"), "L1 before": _scalar(total_before),
+                                   "L1 after": _scalar(total_after)}
+    table = pd.DataFrame(rows).T
+    return table.assign(change=table["L1 after"] - table["L1 before"])
+
+
 def timing_table(histories: dict[str, list[dict]]) -> pd.DataFrame:
     return pd.DataFrame({mode: {"epochs": len(h), "seconds per epoch": np.mean([r["seconds"] for r in h]),
                                 "first loss": h[0]["loss"], "last loss": h[-1]["loss"]}

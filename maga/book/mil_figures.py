@@ -32,6 +32,16 @@ def auc_table(table: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def fold_predictions(bags: list, pred: dict, classes: list[str]) -> pd.DataFrame:
+    """One fold's test slides as `predict_bags(..., scores=True)` scored them: label, the positive class's
+    probability, the instance count and the shape of the per-instance scores."""
+    return pd.DataFrame({"slide": [b.slide for b in bags], "label": [classes[b.label] for b in bags],
+                         f"P({classes[-1]})": pred["probs"][:, -1].round(3),
+                         "instances": [len(b.features) for b in bags],
+                         "instance scores": [tuple(s.shape) for s in pred["scores"]],
+                         "top instance score": [float(s.max()) for s in pred["scores"]]})
+
+
 def evidence_table(auc: pd.DataFrame, delong: pd.DataFrame) -> pd.DataFrame:
     """Per model: mean AUC over folds [patient-level 95% CI] in every setting, then the patient-clustered
     DeLong p-value of 5x+MAGA against each other setting (pooled test predictions)."""

@@ -77,10 +77,48 @@ def reliability_table(r: dict[str, Any] | None = None) -> str:
     return "\n".join(lines)
 
 
+def _datapath_row(where: str, d: dict[str, Any]) -> str:
+    m = d.get("machine_at_start", {})
+    return (f"| {where} | data path alone (`bench datapath`) | {d['tiles_per_s_20x']:,.0f} | {d['tiles_per_s_5x']:,.0f} | "
+            f"{d['ratio_20x_over_5x']:.1f} | load {m.get('load_avg_1m', '?')} on {m.get('cpu_count', '?')} cores |")
+
+
+def gpu_text() -> str:
+    """What a GPU user should expect: every H200 run recorded under results/gpu_h200_run*/ (tiles/s per
+    slide in steady state), next to the development machine's data path, and the steps that did not finish."""
+    lines = ["| machine | what | 20x tiles/s | 5x tiles/s | 20x/5x slide time | notes |", "|---|---|---|---|---|---|"]
+    runs = sorted(RESULTS.glob("gpu_h200_run*/"))
+    for run in runs:
+        name = f"H200 `{run.name}`"
+        if (run / "bench_datapath.json").exists():
+            lines.append(_datapath_row(name, _record(f"{run.name}/bench_datapath.json")))
+        if (run / "bench_extract_lite0.json").exists():
+            e = _record(f"{run.name}/bench_extract_lite0.json")
+            x, b = e["encoders"]["efficientnet_lite0"], e["baseline"]
+            bs = e["settings"]["batch_size"]
+            lines.append(f"| {name} | efficientnet_lite0 {x['precision']}, batch {bs['20x']} / {bs['5x']} | "
+                         f"{x['pipeline_tiles_per_s_20x']:,.0f} (network alone {x['model_only_tiles_per_s_20x']:,.0f}) | "
+                         f"{x['pipeline_tiles_per_s_5x']:,.0f} (network alone {x['model_only_tiles_per_s_5x']:,.0f}) | "
+                         f"{x['ratio_20x_over_5x']:.1f} | first slide {x['first_slide_seconds_20x']:.1f} s at 20x, apart; "
+                         f"CLAM-style loop {b['tiles_per_s']:,.0f} tiles/s |")
+    lines.append(_datapath_row("development machine", _record("bench_datapath.json")))
+    unfinished = []
+    for run in runs:
+        status = run / "status.json"
+        if status.exists():
+            steps = {k: v for k, v in json.loads(status.read_text()).items() if isinstance(v, dict) and "rc" in v}
+            unfinished += [f"`{k}` in `{run.name}` (exit {v['rc']} after {v['seconds']} s)" for k, v in steps.items()
+                           if v["rc"] != 0]
+    if unfinished:
+        lines += ["", "Did not finish inside its time limit, so not measured: " + "; ".join(unfinished) + "."]
+    return "\n".join(lines)
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "disclosures": lambda: disclosures.markdown(None),
     "reliability": reliability_table,
     "maga-baselines": lambda: baselines_text.readme_block(RESULTS),
+    "gpu": gpu_text,
 }
 
 

@@ -266,26 +266,36 @@ def _source_paths(source: pd.DataFrame) -> list[str]:
     return out
 
 
+def prepare_features(cfg: ExperimentConfig, root: str | Path, runs: Path, progress: bool = True) -> dict[str, Path]:
+    """The stages before any training, each resumed from what `root` holds: the cohort, the leak check
+    (MagaError if a test slide shows a tile the student or an aggregator trained on), and every setting's
+    feature folder."""
+    root = Path(root)
+    _check_identity(cfg, root)
+    cohort = ensure_cohort(cfg.cohort, root / "cohort", progress=progress)
+    student = student_checkpoint(cfg, runs, progress) if "5x_maga" in cfg.settings else None
+    check_leaks(cohort.tiles, trained_tiles(student) if student else None, folds=cfg.folds or cfg.cohort.folds)
+    write_sidecar(save_config(cfg, root, "experiment_config.json"), config=cfg)
+    return {s: extract_setting(cfg, s, cohort.root / "slides", root / "features" / s, progress, runs)
+            for s in cfg.settings}
+
+
+def cv_config(cfg: ExperimentConfig, root: str | Path, setting: str, model: str) -> CVConfig:
+    """The cross-validation of one model in one setting, as the run does it."""
+    root = Path(root)
+    return CVConfig.create(base_model(model), root / "features" / setting, root / "cohort" / "labels.csv",
+                           cv_dir(root, cfg, setting, model), train_overrides=train_overrides(cfg, model),
+                           folds=cfg.folds or cfg.cohort.folds, bootstrap=cfg.bootstrap,
+                           candidates=cfg.candidates.get(model, []))
+
+
 def run_experiment(cfg: ExperimentConfig, root: str | Path, runs: Path, progress: bool = True
                    ) -> dict[str, pd.DataFrame]:
-    """All stages, each resumed from what `root` already holds; returns the result tables. Refuses
-    (MagaError) a cohort whose test slides show a tile the student or an aggregator trained on."""
+    """All stages, each resumed from what `root` already holds; returns the result tables."""
     root = Path(root)
-    cohort = ensure_cohort(cfg.cohort, root / "cohort", progress=progress)
-    folds = cfg.folds or cfg.cohort.folds
-    student = student_checkpoint(cfg, runs, progress) if "5x_maga" in cfg.settings else None
-    check_leaks(cohort.tiles, trained_tiles(student) if student else None, folds=folds)
-    write_sidecar(save_config(cfg, root, "experiment_config.json"), config=cfg)
-    todo = []
-    for setting in cfg.settings:
-        feats = extract_setting(cfg, setting, cohort.root / "slides", root / "features" / setting, progress, runs)
-        for model in [m for s, m in cv_runs(cfg) if s == setting]:
-            out = cv_dir(root, cfg, setting, model)
-            cv = CVConfig.create(base_model(model), feats, cohort.labels_csv(), out,
-                                 train_overrides=train_overrides(cfg, model), folds=folds, bootstrap=cfg.bootstrap,
-                                 candidates=cfg.candidates.get(model, []))
-            if not (out / "summary.json").is_file():
-                todo.append(cv)
+    prepare_features(cfg, root, runs, progress)
+    todo = [cv for cv in (cv_config(cfg, root, s, m) for s, m in cv_runs(cfg))
+            if not (Path(cv.out) / "summary.json").is_file()]
     _run_all(todo, cfg.cv_workers, progress)
     tables = {"auc": results_table(root, cfg), "delong": delong_table(root, cfg),
               "placement": placement_table(root, cfg), "selection": selection_table(root, cfg)}
@@ -333,13 +343,17 @@ def ensure_experiment(cfg: ExperimentConfig, runs: Path, root: str | Path | None
     """The tables of a finished run at `root` (default: `default_root`) with this config, else run
     (or resume) it; its MAGA student is shared under `runs`."""
     root = Path(root) if root is not None else default_root(cfg, runs)
-    saved = root / "experiment_config.json"
-    if saved.is_file():
-        if _identity(json.loads(saved.read_text())) != _identity(dataclasses.asdict(cfg)):
-            raise MagaError("holds an experiment with another configuration; choose another folder", root)
-        if all((root / f"{n}_table.csv").is_file() for n in TABLES):
-            return {n: pd.read_csv(root / f"{n}_table.csv") for n in TABLES}
+    _check_identity(cfg, root)
+    if (root / "experiment_config.json").is_file() and all((root / f"{n}_table.csv").is_file() for n in TABLES):
+        return {n: pd.read_csv(root / f"{n}_table.csv") for n in TABLES}
     return run_experiment(cfg, root, runs, progress=progress)
+
+
+def _check_identity(cfg: ExperimentConfig, root: Path) -> None:
+    """Refuse a folder that holds a run of another configuration."""
+    saved = root / "experiment_config.json"
+    if saved.is_file() and _identity(json.loads(saved.read_text())) != _identity(dataclasses.asdict(cfg)):
+        raise MagaError("holds an experiment with another configuration; choose another folder", root)
 
 
 # ---------------------------------------------------------------- what chapters 04 and 05 draw

@@ -32,6 +32,32 @@ class SlideMaps:
     patch_size0: int
 
 
+MIN_OVERLAP = 0.25  # share of a patch's square on the lesion for the patch to count as lesion
+
+
+def fold_model(root: str | Path, cfg: ExperimentConfig, setting: str, model: str, slide: str
+               ) -> tuple[int, Path, pd.Series]:
+    """The fold whose test part held `slide`, that fold's checkpoint and the slide's prediction row."""
+    where = cv_dir(root, cfg, setting, model)
+    pred = load_results(where)["predictions"]
+    row = pred.loc[pred["slide"] == slide]
+    if row.empty:
+        raise MagaError(f"slide {slide!r} was never tested", where)
+    fold = int(row["fold"].iloc[0])
+    return fold, where / f"fold_{fold:02d}" / "checkpoint.pt", row.iloc[0]
+
+
+def patch_size0(attrs) -> int:
+    """A feature file's patch side in level-0 pixels (its patch_px at its magnification, on the slide's mpp)."""
+    return int(round(float(attrs["patch_px"]) * mpp_for_mag(float(attrs["magnification"])) / float(attrs["mpp"])))
+
+
+def lesion_tiles(cohort, slide: str) -> pd.DataFrame:
+    """The carcinoma tiles planted in one slide of the cohort (their level-0 boxes x, y, w, h)."""
+    tiles = cohort.tiles
+    return tiles[(tiles["slide"] == slide) & (tiles["role"] == "lesion")]
+
+
 def slide_maps(root: str | Path, cfg: ExperimentConfig, slide: str, model: str = "gltrans", k: int = 4,
                seed: int = 0) -> dict[str, SlideMaps]:
     """Instance scores from the fold model that tested `slide`, and K-means (k) clusters of its patch
@@ -45,13 +71,8 @@ def slide_maps(root: str | Path, cfg: ExperimentConfig, slide: str, model: str =
     maps: dict[str, SlideMaps] = {}
     ref: np.ndarray | None = None
     for setting in cfg.settings:
-        where = cv_dir(root, cfg, setting, model)
-        res = load_results(where)
-        row = res["predictions"].loc[res["predictions"]["slide"] == slide]
-        if row.empty:
-            raise MagaError(f"slide {slide!r} was never tested", where)
-        fold = int(row["fold"].iloc[0])
-        net, tcfg = load_checkpoint(where / f"fold_{fold:02d}" / "checkpoint.pt")
+        _, checkpoint, row = fold_model(root, cfg, setting, model, slide)
+        net, tcfg = load_checkpoint(checkpoint)
         ff = read_features(root / "features" / setting / f"{slide}.h5")
         with torch_threads(tcfg.threads):
             out = net(torch.from_numpy(ff.features), coords=torch.from_numpy(ff.coords))
@@ -66,10 +87,8 @@ def slide_maps(root: str | Path, cfg: ExperimentConfig, slide: str, model: str =
             mapping = np.empty(k, dtype=int)
             mapping[rows] = cols
             clusters = mapping[clusters]
-        patch0 = int(round(float(ff.attrs["patch_px"]) * mpp_for_mag(float(ff.attrs["magnification"]))
-                           / float(ff.attrs["mpp"])))
         maps[SETTINGS[setting]] = SlideMaps(slide, SETTINGS[setting], ff.coords, scores.detach().numpy(), clusters,
-                                            float(row["prob_1"].iloc[0]), int(row["label"].iloc[0]), patch0)
+                                            float(row["prob_1"]), int(row["label"]), patch_size0(ff.attrs))
     return maps
 
 
@@ -84,7 +103,7 @@ def lesion_fraction(coords: np.ndarray, patch_size0: int, lesion_tiles: pd.DataF
 
 
 def lesion_localisation(root: str | Path, cfg: ExperimentConfig, model: str = "gltrans", k: int = 4,
-                        max_slides: int | None = None, min_overlap: float = 0.25) -> pd.DataFrame:
+                        max_slides: int | None = None, min_overlap: float = MIN_OVERLAP) -> pd.DataFrame:
     """How well instance scores find the planted lesion: per lesion slide and setting, the AUC of the
     scores for patches covering >= `min_overlap` lesion versus the rest (0.5 = no better than chance)."""
     from sklearn.metrics import roc_auc_score
@@ -93,7 +112,7 @@ def lesion_localisation(root: str | Path, cfg: ExperimentConfig, model: str = "g
     pos = cohort.slides[cohort.slides["label"] == 1]["slide"].tolist()[:max_slides]
     rows = []
     for slide in pos:
-        lesion = cohort.tiles[(cohort.tiles["slide"] == slide) & (cohort.tiles["role"] == "lesion")]
+        lesion = lesion_tiles(cohort, slide)
         for setting, m in slide_maps(root, cfg, slide, model, k).items():
             inside = lesion_fraction(m.coords, m.patch_size0, lesion) >= min_overlap
             auc = roc_auc_score(inside, m.scores) if 0 < inside.sum() < len(inside) else float("nan")

@@ -149,6 +149,71 @@ def _collate(items):
     return torch.tensor(idx), torch.tensor(t), torch.stack(high), torch.stack(low)
 
 
+def view_batch(data: TileViews, tiles: list[int], transform: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 20x and low-magnification views [B,h,w,3] of some tiles, stacked as a training batch."""
+    _, _, high, low = _collate([data[(i, transform)] for i in tiles])
+    return high, low
+
+
+def frozen_teacher(name: str, weights: str | None = None):
+    """The teacher: built from the registry, in eval mode (BatchNorm statistics fixed), no gradients."""
+    teacher = build(name, weights).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def make_student(teacher):
+    """A trainable copy of the teacher, kept in eval mode (its BatchNorm running statistics stay frozen)."""
+    student = copy.deepcopy(teacher).eval()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    return student
+
+
+def make_optimizer(student, cfg: AlignConfig):
+    """Adam at `cfg.lr`, multiplied by `cfg.lr_decay` after every epoch."""
+    optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: cfg.lr_decay ** e)
+
+
+def tap_shapes(student, pipeline: InputPipeline, low_hw, taps: list[str], rt: Runtime = Runtime()
+               ) -> dict[str, torch.Size]:
+    """The student's tap shapes for a low-magnification view of this size (the teacher targets' shapes)."""
+    with torch.no_grad():
+        zeros = rt.to(pipeline(torch.zeros(1, *(int(v) for v in low_hw), 3, dtype=torch.uint8)))
+        return {k: v.shape[1:] for k, v in student.taps(zeros, taps).items()}
+
+
+def teacher_targets(teacher, high: torch.Tensor, shapes: dict[str, torch.Size], rt: Runtime = Runtime()
+                    ) -> dict[str, torch.Tensor]:
+    """The frozen teacher's tap outputs on uint8 20x views [B,H,W,3], pooled to the student's map sizes."""
+    with torch.no_grad(), rt.autocast():
+        x = rt.to(teacher.transform(high)).contiguous(memory_format=torch.channels_last)
+        out = teacher.taps(x, list(shapes))
+        return {k: match_teacher(out[k].float(), torch.empty(1, *s)).contiguous() for k, s in shapes.items()}
+
+
+def batch_loss(student, pipeline: InputPipeline, loss_fn: MagaLoss, low: torch.Tensor,
+               targets: dict[str, torch.Tensor], rt: Runtime = Runtime()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The MAGA loss of the student on uint8 low-magnification views [B,h,w,3] against the teacher's
+    targets: the weighted total and each tap's unweighted L1."""
+    with rt.autocast():
+        pred = student.taps(pipeline(rt.to(low)), loss_fn.taps)  # uint8 to the device, normalised there
+    return loss_fn({k: v.float() for k, v in pred.items()}, targets)
+
+
+def train_step(student, pipeline: InputPipeline, loss_fn: MagaLoss, optimizer, low: torch.Tensor,
+               targets: dict[str, torch.Tensor], rt: Runtime = Runtime()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimiser step on one batch; returns the batch's loss (and per-tap L1) before the step, as
+    detached device tensors (no host sync per step)."""
+    loss, parts = batch_loss(student, pipeline, loss_fn, low, targets, rt)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), parts
+
+
 class TeacherTargets:
     """The frozen teacher's targets for each (tile, mirror image), pooled to the student's map sizes.
 
@@ -184,17 +249,11 @@ class TeacherTargets:
         """The student's tap shapes for a view of this size (also the teacher targets' shapes)."""
         key = tuple(int(v) for v in low_hw)
         if key not in self._shapes:
-            with torch.no_grad():
-                zeros = self.rt.to(self.pipeline(torch.zeros(1, *key, 3, dtype=torch.uint8)))
-                self._shapes[key] = {k: v.shape[1:] for k, v in self.student.taps(zeros, self.taps).items()}
+            self._shapes[key] = tap_shapes(self.student, self.pipeline, key, self.taps, self.rt)
         return self._shapes[key]
 
     def compute(self, high: torch.Tensor, low_hw) -> dict[str, torch.Tensor]:
-        shapes = self.shapes(low_hw)
-        with torch.no_grad(), self.rt.autocast():
-            x = self.rt.to(self.teacher.transform(high)).contiguous(memory_format=torch.channels_last)
-            out = self.teacher.taps(x, self.taps)
-            return {k: match_teacher(out[k].float(), torch.empty(1, *shapes[k])).contiguous() for k in self.taps}
+        return teacher_targets(self.teacher, high, self.shapes(low_hw), self.rt)
 
     def __call__(self, idx: torch.Tensor, t: torch.Tensor, high: torch.Tensor, low: torch.Tensor):
         if self.cache is None:
@@ -285,14 +344,10 @@ def train(cfg: AlignConfig, out: str | Path, progress: bool = True,
         raise MagaError(f"need at least 2 readable tiles, found {len(paths)}", ", ".join(cfg.tiles))
     tiles_digest = hashlib.sha256("\n".join(str(p) for p in paths).encode()).hexdigest()
     torch.manual_seed(cfg.seed)
-    teacher = build(cfg.teacher, cfg.teacher_weights).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    student = copy.deepcopy(teacher).eval()  # eval: BatchNorm statistics frozen (see module docstring)
+    teacher = frozen_teacher(cfg.teacher, cfg.teacher_weights)
+    student = make_student(teacher)  # eval: BatchNorm statistics frozen (see module docstring)
     teacher.to(rt.device, memory_format=torch.channels_last)  # faster frozen forward on CPU
     student.to(rt.device)
-    for p in student.parameters():
-        p.requires_grad_(True)
     pipeline = make_pipeline(cfg, teacher.spec)
     weights = resolve_weights(teacher.spec, cfg.taps, cfg.tap_weights, cfg.pooled_weight)
     loss_fn = MagaLoss(weights)
@@ -300,8 +355,7 @@ def train(cfg: AlignConfig, out: str | Path, progress: bool = True,
 
     data = TileViews(paths, tile_mpp, cfg.high_mag, cfg.mag, AUGMENTS[cfg.augment], decoded)
 
-    optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: cfg.lr_decay ** e)
+    optimizer, scheduler = make_optimizer(student, cfg)
     history: list[dict] = []
     start = 0
     if saved is not None:
@@ -325,14 +379,9 @@ def train(cfg: AlignConfig, out: str | Path, progress: bool = True,
         bar = tqdm(loader, desc=f"MAGA {cfg.mode} {cfg.mag:g}x epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, leave=False)
         for idx, t, high, low in bar:
-            with rt.autocast():
-                pred = student.taps(pipeline(rt.to(low)), taps)  # uint8 to the device, normalised there
-            loss, parts = loss_fn({k: v.float() for k, v in pred.items()}, targets(idx, t, high, low))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, parts = train_step(student, pipeline, loss_fn, optimizer, low, targets(idx, t, high, low), rt)
             n = len(high)  # sums stay on the device: no host sync per step (it stalls a GPU's queue)
-            sums["loss"] += loss.detach().float() * n
+            sums["loss"] += loss.float() * n
             for t in taps:
                 sums[t] += parts[t].float() * n
         scheduler.step()
@@ -356,4 +405,6 @@ def train(cfg: AlignConfig, out: str | Path, progress: bool = True,
     return out
 
 
-__all__ = ["AlignConfig", "TeacherTargets", "TileViews", "history_paths", "make_pipeline", "train"]
+__all__ = ["AlignConfig", "TeacherTargets", "TileViews", "batch_loss", "frozen_teacher", "history_paths",
+           "make_optimizer", "make_pipeline", "make_student", "tap_shapes", "teacher_targets", "train",
+           "train_step", "view_batch"]

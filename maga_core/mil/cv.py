@@ -29,7 +29,7 @@ from maga_core import stats
 from maga_core.config import atomic_path, save_config, to_jsonable, write_json
 from maga_core.device import without_runtime
 from maga_core.errors import MagaError
-from maga_core.mil.train import TrainConfig, load_bags, predict_bags, torch_threads, train_run
+from maga_core.mil.train import Bag, TrainConfig, load_bags, predict_bags, torch_threads, train_run
 
 PARTS = ("train", "val", "test")
 
@@ -259,24 +259,36 @@ def _claim(out: Path, cfg: CVConfig) -> None:
     save_config(cfg, out)
 
 
-def run_cv(cfg: CVConfig, progress: bool = True) -> dict[str, Any]:
-    """Train/select/test one model per fold; resumable (finished folds are kept); returns the summary."""
-    if cfg.model != cfg.train.model:
-        raise MagaError(f"config names model {cfg.model!r} but its training settings are for {cfg.train.model!r}")
-    out = Path(cfg.out)
+def cv_data(cfg: CVConfig) -> tuple[pd.DataFrame, dict[str, Bag], list[str]]:
+    """What a cross-validation reads: its splits (fold, slide, patient, label, part), every used slide's
+    bag by slide id, and the class names."""
     labels, classes = read_labels(cfg.labels)
     splits = read_splits(cfg.splits, labels) if cfg.splits else make_splits(labels, cfg.folds, cfg.seed)
     check_splits(splits)
     features = Path(cfg.features)
     if not features.is_dir():
         raise MagaError("features folder not found", features)
+    used = splits["slide"].unique()
+    table = labels.set_index("slide").loc[used]
+    return splits, {b.slide: b for b in load_bags(list(used), table["label"].tolist(), features)}, classes
+
+
+def fold_bags(splits: pd.DataFrame, bags: dict[str, Bag], fold: int) -> dict[str, list[Bag]]:
+    """One fold's train, val and test bags, in the splits' order."""
+    sp = splits[splits["fold"] == fold]
+    return {p: [bags[s] for s in sp.loc[sp["part"] == p, "slide"]] for p in PARTS}
+
+
+def run_cv(cfg: CVConfig, progress: bool = True) -> dict[str, Any]:
+    """Train/select/test one model per fold; resumable (finished folds are kept); returns the summary."""
+    if cfg.model != cfg.train.model:
+        raise MagaError(f"config names model {cfg.model!r} but its training settings are for {cfg.train.model!r}")
+    out = Path(cfg.out)
+    splits, all_bags, classes = cv_data(cfg)
     _claim(out, cfg)
     with atomic_path(out / "splits.csv") as tmp:
         splits.to_csv(tmp, index=False)
     write_json({"classes": classes}, out / "classes.json")
-    used = splits["slide"].unique()
-    table = labels.set_index("slide").loc[used]
-    all_bags = {b.slide: b for b in load_bags(list(used), table["label"].tolist(), features)}
     fold_ids = sorted(splits["fold"].unique())
     preds = []
     for f in tqdm(fold_ids, desc=f"cv {cfg.model}", disable=not progress):
@@ -284,7 +296,7 @@ def run_cv(cfg: CVConfig, progress: bool = True) -> dict[str, Any]:
         done = fold_dir / "predictions.csv"
         if not done.is_file():
             sp = splits[splits["fold"] == f]
-            bags = {p: [all_bags[s] for s in sp.loc[sp["part"] == p, "slide"]] for p in PARTS}
+            bags = fold_bags(splits, all_bags, f)
             if not bags["train"] or not bags["test"]:
                 raise MagaError(f"fold {f} has an empty train or test set", cfg.splits or cfg.labels)
             model, result, tcfg = _select_on_validation(cfg, bags, fold_dir, len(classes), progress, f)

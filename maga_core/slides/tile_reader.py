@@ -158,16 +158,10 @@ class TileReader(SlideReader):
         xys = [self._level_xy(loc, level) if level in self.pages else None for loc in locations]
         need = sorted({i for xy in xys if xy is not None for i in self._tiles_of(level, *xy, w, h)})
         tiles = self._decode(level, need) if need else {}
-        def cut(k: int) -> None:  # on the decode threads: the reader thread would otherwise be the bound
-            xy = xys[k]
-            out[k] = self.base.read_region(locations[k], level, (w, h)) if xy is None \
-                else self._paste(level, tiles, *xy, w, h)
-
-        if any(xy is None for xy in xys):  # the reader of record is not known to be thread-safe
-            for k in range(len(xys)):
-                cut(k)
-        else:
-            self.map(cut, list(range(len(xys))))
+        # Cut on the calling thread: per-patch tasks on the decode pool doubled this stage on an H200 host
+        # (16 cores; results/gpu_h200_run2 vs run1): each paste is a small copy that holds the GIL.
+        for k, (loc, xy) in enumerate(zip(locations, xys)):
+            out[k] = self.base.read_region(loc, level, (w, h)) if xy is None else self._paste(level, tiles, *xy, w, h)
         return out
 
     def map(self, fn, items):

@@ -257,3 +257,34 @@ def test_maga_chapters_run_with_the_smoke_preset(smoke_book):
     for task in results["tasks"].values():  # held-out tiles only, probed by case-wise cross-validation
         assert task["probe_folds"] >= 2 and set(task["recovered"]) == {"maga_5x_native", "maga_5x_upsample"}
         assert all(set(r) == {"teacher_5x", "teacher_5x_upsampled"} for r in task["recovered"].values())
+
+
+def test_walkthrough_step_is_the_step_train_takes(tmp_path):
+    """Chapter 02's walkthrough pieces (views, teacher targets, loss, one step) reproduce one epoch of
+    `train` on a single batch: the same loss before the step, and the same student after it."""
+    from maga_core.align.train import (TileViews, batch_loss, frozen_teacher, make_optimizer, make_pipeline,
+                                       make_student, tap_shapes, teacher_targets, train_step, view_batch)
+
+    cfg = _cfg(max_tiles=4, epochs=1, batch_size=4, augment="none", lr=1e-3)
+    trained = torch.load(train(cfg, tmp_path / "one_step.pt", progress=False), weights_only=False)
+
+    tiles = resolve_tiles(cfg.tiles, cfg.max_tiles, cfg.seed)
+    high, low = view_batch(TileViews(tiles, 0.5, cfg.high_mag, cfg.mag), range(len(tiles)))
+    assert (tuple(high.shape), tuple(low.shape)) == ((4, 256, 256, 3), (4, 64, 64, 3))
+    teacher = frozen_teacher(cfg.teacher)
+    student = make_student(teacher)
+    assert not any(p.requires_grad for p in teacher.parameters()) and not student.training
+    pipeline = make_pipeline(cfg, teacher.spec)
+    loss_fn = MagaLoss(resolve_weights(teacher.spec))
+    targets = teacher_targets(teacher, high, tap_shapes(student, pipeline, low.shape[1:3], loss_fn.taps))
+    optimizer, _ = make_optimizer(student, cfg)
+    before, parts = train_step(student, pipeline, loss_fn, optimizer, low, targets)
+    before, parts = float(before), {t: float(v) for t, v in parts.items()}
+    assert before == pytest.approx(trained["history"][0]["loss"], rel=1e-4)
+    assert set(parts) == set(loss_fn.taps) and before == pytest.approx(
+        sum(loss_fn.weights[t] * v for t, v in parts.items()), rel=1e-5)
+    after, _ = batch_loss(student, pipeline, loss_fn, low, targets)
+    assert after.item() < before
+    stepped = make_student(teacher)
+    stepped.load_state_dict(trained["student"])
+    assert batch_loss(stepped, pipeline, loss_fn, low, targets)[0].item() == pytest.approx(after.item(), rel=1e-3)

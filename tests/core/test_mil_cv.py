@@ -321,3 +321,58 @@ def test_cross_validations_side_by_side_equal_one_at_a_time(real_features, tmp_p
         a = pd.read_csv(tmp_path / "one" / m / "predictions.csv")
         b = pd.read_csv(tmp_path / "two" / m / "predictions.csv")
         pd.testing.assert_frame_equal(a, b)
+
+
+def test_one_fold_in_view_is_the_fold_run_cv_trains(real_features, tmp_path):
+    """Chapter 04's walkthrough: `cv_data` + `fold_bags` + a seeded `mil.build` + `train_model` +
+    `predict_bags` give exactly the test predictions `run_cv` wrote for that fold."""
+    from maga_core import mil
+    from maga_core.mil.cv import cv_data, fold_bags
+    from maga_core.mil.train import predict_bags, seed_everything, train_model
+
+    cohort, features = real_features
+    cfg = CVConfig.create("abmil", features, cohort.labels_csv(), tmp_path / "cv", train_overrides={"max_epochs": 2},
+                          folds=3, bootstrap=10)
+    run_cv(cfg, progress=False)
+    splits, bags, classes = cv_data(cfg)
+    assert set(bags) == set(cohort.slides["slide"]) and classes == ["normal", "tumour"]
+    fold = fold_bags(splits, bags, 1)
+    parts = [{b.slide for b in fold[p]} for p in ("train", "val", "test")]
+    assert all(parts) and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert set().union(*parts) == set(bags)
+    seed_everything(cfg.train.seed)
+    model = mil.build(cfg.model, in_dim=fold["train"][0].features.shape[1], n_classes=len(classes))
+    train_model(model, fold["train"], fold["val"], cfg.train, progress=False)
+    pred = predict_bags(model, fold["test"], scores=True)
+    saved = pd.read_csv(tmp_path / "cv" / "predictions.csv", dtype={"slide": str}).query("fold == 1")
+    assert saved["slide"].tolist() == [b.slide for b in fold["test"]]
+    assert np.allclose(saved[["prob_0", "prob_1"]].to_numpy(), pred["probs"], atol=1e-5)
+    assert [s.shape for s in pred["scores"]] == [(len(b.features),) for b in fold["test"]]
+
+
+def test_one_slide_in_view_is_scored_by_the_fold_that_tested_it(real_features, tmp_path):
+    """Chapter 05's walkthrough: `fold_model` finds the fold whose test part held a slide; its checkpoint
+    on the slide's features gives the probability the run wrote, and one score per instance."""
+    from maga_core.data.features import read_features
+    from maga_core.mil.train import load_checkpoint
+    from maga.experiments.mil import ExperimentConfig, cv_dir
+    from maga.experiments.mil_maps import fold_model, lesion_tiles, patch_size0
+
+    cohort, features = real_features
+    cfg = ExperimentConfig.from_dict({"cohort": {"task": "lesion", "folds": 3}, "settings": ["5x"],
+                                      "models": ["abmil"]})
+    run_cv(CVConfig.create("abmil", features, cohort.labels_csv(), cv_dir(tmp_path, cfg, "5x", "abmil"),
+                           train_overrides={"max_epochs": 1}, folds=3, bootstrap=10), progress=False)
+    slide = cohort.slides.loc[cohort.slides["label"] == 1, "slide"].iloc[0]
+    fold, checkpoint, row = fold_model(tmp_path, cfg, "5x", "abmil", slide)
+    assert fold == int(cohort.slides.set_index("slide").loc[slide, "fold"]) % 3 and row["slide"] == slide
+    net, _ = load_checkpoint(checkpoint)
+    ff = read_features(features / f"{slide}.h5")
+    with torch.no_grad():
+        out = net(torch.from_numpy(ff.features), coords=torch.from_numpy(ff.coords))
+        assert float(torch.softmax(out.logits, 1)[0, 1]) == pytest.approx(row["prob_1"], abs=1e-5)
+        assert out.scores.shape == (len(ff),)
+    assert patch_size0(ff.attrs) == round(64 * 2.0 / float(ff.attrs["mpp"]))
+    assert len(lesion_tiles(cohort, slide)) > 0 and set(lesion_tiles(cohort, slide)["role"]) == {"lesion"}
+    with pytest.raises(MagaError, match="never tested"):
+        fold_model(tmp_path, cfg, "5x", "abmil", "no_such_slide")
