@@ -75,7 +75,7 @@ def feature_writer(path: str | Path, n: int, dim: int, coords: np.ndarray | None
     # HDF5 writes go through a Python file object: a full disk then raises OSError here, where h5py's own
     # file driver crashes the interpreter (segfault) when a write fails (measured: maga bench reliability).
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh, h5py.File(fh, "w") as h5:
+        with open(tmp, "w+b") as fh, h5py.File(fh, "w") as h5:  # HDF5 reads back what it wrote (vlen strings)
             ds = h5.create_dataset("features", shape=(n, dim), dtype=np.float32,
                                    chunks=(max(1, min(n, 256)), dim) if n and dim else None)
             if coords is not None:
