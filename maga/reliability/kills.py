@@ -109,13 +109,7 @@ def kill_at_first_write(name: str, argv: list[str], out: Path, pattern: str, com
         time.sleep(0.002)
     stats.runs += 1
     if proc.poll() is None:
-        stats.kills_mid_write += bool(temporaries(out if out.is_dir() else out.parent))
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        stats.kills += 1
-        problems, _ = compare(out, False)
-        stats.partial_taken += len(problems)
-        stats.problems += [f"after the kill: {p}" for p in problems]
+        _kill_and_check(proc, out, compare, stats, "after the kill")
     rc, _ = run_once(argv, env, log, timeout)
     stats.runs += 1
     if rc != 0:
@@ -126,6 +120,18 @@ def kill_at_first_write(name: str, argv: list[str], out: Path, pattern: str, com
     stats.final_mismatches += len(problems)
     stats.problems += problems
     return stats
+
+
+def _kill_and_check(proc: subprocess.Popen, out: Path, compare: Compare, stats: KillStats, label: str) -> float:
+    """SIGKILL the run's process group, then check that nothing partial is taken for finished."""
+    stats.kills_mid_write += bool(temporaries(out if out.is_dir() else out.parent))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stats.kills += 1
+    problems, diff = compare(out, False)
+    stats.partial_taken += len(problems)
+    stats.problems += [f"{label}: {p}" for p in problems]
+    return diff
 
 
 def _snapshot(out: Path, pattern: str) -> dict[Path, int]:
@@ -175,13 +181,7 @@ def kill_and_resume(name: str, argv: list[str], out: Path, compare: Compare, n_k
                 try:
                     proc.wait(timeout=delay)
                 except subprocess.TimeoutExpired:
-                    stats.kills_mid_write += bool(temporaries(out if out.is_dir() else out.parent))
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                    stats.kills += 1
-                    problems, diff = compare(out, False)
-                    stats.partial_taken += len(problems)
-                    stats.problems += [f"after kill {stats.kills}: {p}" for p in problems]
+                    diff = _kill_and_check(proc, out, compare, stats, f"after kill {stats.kills + 1}")
                     stats.max_abs_diff = max(stats.max_abs_diff, diff)
                     continue
             rc = proc.wait(timeout=timeout)
