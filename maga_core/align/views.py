@@ -10,8 +10,10 @@ same view (tests/test_maga.py checks it through both code paths)."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from maga_core.slides import mpp_for_mag, rescale
+from maga_core.slides.resample import rescale_batch
 
 
 def view_at_mag(tile: np.ndarray, tile_mpp: float, mag: float) -> np.ndarray:
@@ -22,3 +24,9 @@ def view_at_mag(tile: np.ndarray, tile_mpp: float, mag: float) -> np.ndarray:
 def low_mag_view(patch: np.ndarray, high_mag: float, mag: float) -> np.ndarray:
     """The same tissue at a lower magnification, from a patch at `high_mag`."""
     return view_at_mag(patch, mpp_for_mag(high_mag), mag)
+
+
+def views_on_device(tiles: torch.Tensor, tile_mpp: float, mag: float) -> torch.Tensor:
+    """`view_at_mag` for a batch of same-size uint8 tiles [N,H,W,3] on their own device (a GPU makes a
+    batch's views in two matrix products; equal to `view_at_mag` within one grey level)."""
+    return rescale_batch(tiles, float(tile_mpp) / mpp_for_mag(mag))
