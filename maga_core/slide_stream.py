@@ -97,13 +97,21 @@ def _batches(reader, coords: np.ndarray, mag: float, patch_px: int, bs: int, pin
                 thread.join(0.05)
 
 
+READ_PIXELS = 32 * 256 * 256  # pixels the reader thread reads per call: the union of a read's tiles is
+# decoded once, so reads much smaller than a tile row decode shared tiles twice (5x on CPU: 64-patch reads
+# took 0.08 s per slide, one 512-patch read 0.06 s)
+
+
 def stream_patches(reader, coords: np.ndarray, model: Any, put: Callable[[np.ndarray, np.ndarray], None],
                    batch_size: int, stages: StageTimes | None = None,
                    progress: Callable[[int], None] | None = None) -> None:
-    """Features of every patch (model.mag, model.patch_px) at `coords`, handed to `put(indices, rows)`."""
+    """Features of every patch (model.mag, model.patch_px) at `coords`, handed to `put(indices, rows)`:
+    read `READ_PIXELS` at a time (or `batch_size` patches if more), embedded `batch_size` at a time,
+    written once per read."""
     stages = stages or StageTimes()
     rt = model.runtime
     pending: deque = deque()
+    read_size = max(batch_size, READ_PIXELS // model.patch_px ** 2)
 
     def flush(keep: int) -> None:
         while len(pending) > keep:
@@ -115,16 +123,20 @@ def stream_patches(reader, coords: np.ndarray, model: Any, put: Callable[[np.nda
             if progress:
                 progress(len(idx))
 
-    for idx, x in _batches(reader, coords, model.mag, model.patch_px, batch_size, rt.pin_memory, stages):
-        n = len(idx)
-        if rt.cuda and n < batch_size:  # one shape for every batch: no re-tuning, no new kernels
-            x = torch.cat([x, x[-1:].expand(batch_size - n, *x.shape[1:])])
-        with stages.time("transfer"):
-            x = rt.to(x)
-        with stages.time("preprocess"):
-            x = model.preprocess(x)
-        with stages.time("network"):
-            feats = model(x)
+    for idx, chunk in _batches(reader, coords, model.mag, model.patch_px, read_size, rt.pin_memory, stages):
+        feats = []
+        for start in range(0, len(idx), batch_size):
+            x = chunk[start:start + batch_size]
+            n = len(x)
+            if rt.cuda and n < batch_size:  # one shape for every batch: no re-tuning, no new kernels
+                x = torch.cat([x, x[-1:].expand(batch_size - n, *x.shape[1:])])
+            with stages.time("transfer"):
+                x = rt.to(x)
+            with stages.time("preprocess"):
+                x = model.preprocess(x)
+            with stages.time("network"):
+                feats.append(model(x)[:n])
+        feats = feats[0] if len(feats) == 1 else torch.cat(feats)
         with stages.time("transfer"):
             if rt.cuda:
                 host = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)

@@ -1,7 +1,8 @@
 """The interrupted commands, each with small real inputs, its argv and its comparison with a reference
 run: `maga extract` over a folder of generated slides (bit-equal features), `maga align` on real tiles
 (bit-equal student weights and history: its epochs are deterministic on CPU), `maga mil` on seeded
-feature bags (bit-equal fold predictions)."""
+feature bags (bit-equal fold predictions), and `maga cohort run` on a small labelled cohort of generated
+slides with upstream-style label and fold files (bit-equal features, fold predictions and table)."""
 
 from __future__ import annotations
 
@@ -112,9 +113,29 @@ def _compare_cv(ref: Path) -> Compare:
         if final:
             if set(found) != set(expected):
                 problems.append(f"predictions {sorted(found)} != {sorted(expected)}")
-            elif json.loads((out / "summary.json").read_text())["pooled"] != json.loads(
-                    (ref / "summary.json").read_text())["pooled"]:
-                problems.append("pooled summary differs from the uninterrupted run")
+            for key, path in _visible(ref, "summary.json").items():
+                if json.loads((out / key).read_text())["pooled"] != json.loads(path.read_text())["pooled"]:
+                    problems.append(f"{key}: pooled summary differs from the uninterrupted run")
+        return problems, diff
+    return compare
+
+
+def _compare_cohort(ref: Path) -> Compare:
+    """Features (slides and case bags), fold predictions and summaries, and the final table."""
+    import pandas as pd
+
+    parts = (_compare_features(ref), _compare_cv(ref))
+    table = pd.read_csv(ref / "reproduction_table.csv")
+
+    def compare(out: Path, final: bool) -> tuple[list[str], float]:
+        problems, diff = [], 0.0
+        for part in parts:
+            p, d = part(out, final)
+            problems, diff = problems + p, max(diff, d)
+        if (out / "reproduction_table.csv").exists() and not pd.read_csv(out / "reproduction_table.csv").equals(table):
+            problems.append("reproduction_table.csv differs from the uninterrupted run")
+        elif final and not (out / "reproduction_table.csv").exists():
+            problems.append("reproduction_table.csv missing")
         return problems, diff
     return compare
 
@@ -155,12 +176,64 @@ def make_bags(folder: Path, n_slides: int, dim: int = 32, seed: int = 0) -> tupl
     return feats, labels
 
 
+UPSTREAM_LABEL = {0: "TCGA_LUAD_ALL", 1: "TCGA_LUSC_ALL"}
+TUMOUR = {0: "adenocarcinoma", 1: "squamous"}
+
+
+def cohort_cases(n: int) -> list[str]:
+    return [f"TCGA-AA-{i:04d}" for i in range(n)]
+
+
+def make_cohort(root: Path, n_cases: int, n_folds: int, side: int = 768, faults: bool = False) -> tuple[Path, Path]:
+    """(slides, upstream) of a labelled cohort: `n_cases` generated slides named by case id (alternating
+    LUAD/LUSC tumour), the upstream label file and `n_folds` train/val/test fold files. With `faults`,
+    case 0 has a second slide, a listed case's slide is corrupt and one slide belongs to no listed case."""
+    cases = cohort_cases(n_cases)
+    slides, up = root / "slides", root / "upstream"
+    for i, case in enumerate(cases):
+        generate_slide(slides / f"{case}-01Z-00-DX1.tif", side, side, seed=i, tissue_fraction=0.7,
+                       tumour_fraction=0.6, tumour_class=TUMOUR[i % 2], pool_size=6, progress=False)
+    listed = list(cases)
+    if faults:
+        generate_slide(slides / f"{cases[0]}-01Z-00-DX2.tif", side - 128, side, seed=99, tissue_fraction=0.7,
+                       tumour_class=TUMOUR[0], pool_size=6, progress=False)
+        (slides / "TCGA-AA-0100-01Z-00-DX1.tif").write_bytes(b"II*\x00 not a slide")
+        generate_slide(slides / "OTHER-0001.tif", 512, 512, seed=7, pool_size=6, progress=False)
+        listed.append("TCGA-AA-0100")
+    for extra in slides.glob("*.json"):
+        extra.unlink()
+    (up / "label").mkdir(parents=True, exist_ok=True)
+    rows = [f"{c},{UPSTREAM_LABEL[i % 2]}" for i, c in enumerate(listed)]
+    (up / "label" / "TCGA_Lung_label.csv").write_text("\n".join(rows) + "\n")
+    folds = up / "nfold" / "tcga_lung"
+    folds.mkdir(parents=True, exist_ok=True)
+    per = n_cases // n_folds
+    for k in range(n_folds):
+        nxt = (k + 1) % n_folds
+        test, val = cases[per * k: per * (k + 1)], cases[per * nxt: per * (nxt + 1)]
+        train = [c for c in cases if c not in test + val] + listed[n_cases:]
+        for part, ids in (("train", train), ("val", val), ("test", test)):
+            (folds / f"flod-{k}-{part}.csv").write_text("\n".join(ids) + "\n")
+    return slides, up
+
+
+def tiny_student(tiles: str | Path, out: Path) -> Path:
+    """A one-epoch MAGA student on 8 tiles of `tiles` (a folder or a tile dataset), for runs that need
+    a student, not for its quality."""
+    from maga_core.align.train import AlignConfig, train
+
+    return train(AlignConfig(tiles=[str(tiles)], tile_mpp=0.5, max_tiles=8, epochs=1, batch_size=8, device="cpu"),
+                 out, progress=False)
+
+
 def scenarios(work: Path) -> list[Scenario]:
-    """The three interrupted commands on small inputs made under `work` (the test and the benchmark
+    """The four interrupted commands on small inputs made under `work` (the test and the benchmark
     differ in how many kills, not in the runs)."""
     slides = make_slides(work / "slides", 2, 1024)
     tiles = make_tiles(work / "tiles", 6)
     feats, labels = make_bags(work / "bags", 12)
+    cohort, upstream = make_cohort(work / "cohort", 6, 3)
+    student = tiny_student(tiles, work / "student" / "student.pt")
     common = ["--device", "cpu", "--precision", "fp32"]
     return [
         Scenario("extract", maga_argv("extract", "--encoder", ENCODER, "--mag", "5",
@@ -172,6 +245,10 @@ def scenarios(work: Path) -> list[Scenario]:
         Scenario("mil", maga_argv("mil", "--model", "abmil", "--features", str(feats), "--labels", str(labels),
                                   "--folds", "3", "--epochs", "4", "--bootstrap", "20", "--quiet", "--out", "OUT",
                                   *common), "cv", "*predictions.csv*", _compare_cv),
+        Scenario("cohort", maga_argv("cohort", "run", "--slides", str(cohort), "--upstream", str(upstream),
+                                     "--student", str(student), "--models", "abmil", "--epochs", "2",
+                                     "--bootstrap", "20", "--workers", "0", "--out", "OUT", "--quiet", *common),
+                 "cohort_run", "*.h5*", _compare_cohort),
     ]
 
 

@@ -24,7 +24,7 @@ class TissueConfig:
     method: str = "otsu"  # "otsu" or "fixed"
     sat_threshold: int = 20  # 0-255, used by "fixed"
     min_sat: int = 8  # floor under Otsu: white glass with JPEG noise must stay background
-    median: int = 7  # median blur kernel (odd, thumbnail px)
+    median: int = 5  # median blur kernel (odd, thumbnail px); OpenCV's is vectorised up to 5, ~15x slower from 7
     close_px: int = 5  # closing kernel (thumbnail px); bridges small gaps inside tissue
     min_tissue_um2: float = 20_000.0  # drop specks smaller than ~one 128 um patch
     min_hole_um2: float = 10_000.0  # keep holes (lumen, tears) at least this large

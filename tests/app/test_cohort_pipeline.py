@@ -16,12 +16,11 @@ from maga.book import summary
 from maga.cohort_pipeline import MODELS, CohortRunConfig, case_of, run_cohort
 from maga_core.errors import MagaError
 from maga_core.data.features import read_features
-from maga.slide_tools.generator import generate_slide
+from maga.reliability.scenarios import cohort_cases, make_cohort
+from maga.reliability.scenarios import tiny_student as make_tiny_student
 
 N_CASES, N_FOLDS = 6, 3
-CASES = [f"TCGA-AA-{i:04d}" for i in range(N_CASES)]
-UPSTREAM_LABEL = {0: "TCGA_LUAD_ALL", 1: "TCGA_LUSC_ALL"}
-TUMOUR = {0: "adenocarcinoma", 1: "squamous"}
+CASES = cohort_cases(N_CASES)
 
 
 def test_case_of_matches_tcga_file_names():
@@ -35,35 +34,12 @@ def test_case_of_matches_tcga_file_names():
 def small_cohort(tmp_path_factory):
     """6 cases (alternating LUAD/LUSC), case 0 with two slides, one corrupt slide of a 7th listed case
     and one slide of no listed case; upstream label file and 3 folds of fold files."""
-    root = tmp_path_factory.mktemp("cohort")
-    slides, up = root / "slides", root / "upstream"
-    for i, case in enumerate(CASES):
-        generate_slide(slides / f"{case}-01Z-00-DX1.tif", 768, 768, seed=i, tissue_fraction=0.7,
-                       tumour_fraction=0.6, tumour_class=TUMOUR[i % 2], pool_size=6)
-    generate_slide(slides / f"{CASES[0]}-01Z-00-DX2.tif", 640, 768, seed=99, tissue_fraction=0.7,
-                   tumour_class=TUMOUR[0], pool_size=6)
-    (slides / "TCGA-AA-0100-01Z-00-DX1.tif").write_bytes(b"II*\x00 not a slide")
-    generate_slide(slides / "OTHER-0001.tif", 512, 512, seed=7, pool_size=6)
-    (up / "label").mkdir(parents=True)
-    rows = [f"{c},{UPSTREAM_LABEL[i % 2]}" for i, c in enumerate(CASES)] + ["TCGA-AA-0100,TCGA_LUAD_ALL"]
-    (up / "label" / "TCGA_Lung_label.csv").write_text("\n".join(rows) + "\n")
-    folds = up / "nfold" / "tcga_lung"
-    folds.mkdir(parents=True)
-    for k in range(N_FOLDS):
-        test, val = CASES[2 * k: 2 * k + 2], CASES[2 * ((k + 1) % N_FOLDS): 2 * ((k + 1) % N_FOLDS) + 2]
-        train = [c for c in CASES if c not in test + val] + ["TCGA-AA-0100"]
-        for part, ids in (("train", train), ("val", val), ("test", test)):
-            (folds / f"flod-{k}-{part}.csv").write_text("\n".join(ids) + "\n")
-    return slides, up
+    return make_cohort(tmp_path_factory.mktemp("cohort"), N_CASES, N_FOLDS, faults=True)
 
 
 @pytest.fixture(scope="module")
 def tiny_student(tmp_path_factory):
-    from maga_core.align.train import AlignConfig, train
-
-    out = tmp_path_factory.mktemp("student") / "student.pt"
-    return train(AlignConfig(tiles=["lc25000_lung_224_dedup:train"], tile_mpp=0.5, max_tiles=8, epochs=1,
-                             batch_size=8, device="cpu"), out, progress=False)
+    return make_tiny_student("lc25000_lung_224_dedup:train", tmp_path_factory.mktemp("student") / "student.pt")
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -1,5 +1,5 @@
-"""kill -9 of real `maga extract`, `maga align` and `maga mil` processes (issue 23): once at the worst
-moment (an output being written), and extract also at a seeded random time; every rerun resumes to
+"""kill -9 of real `maga extract`, `maga align`, `maga mil` and `maga cohort run` processes (issue 23):
+once at the worst moment (an output being written), and extract also at a seeded random time; every rerun resumes to
 outputs bit-equal to an uninterrupted run's, and nothing that looks finished after a kill differs from it.
 `maga bench reliability` runs >= 20 seeded random kills per command."""
 
@@ -20,7 +20,7 @@ def work(tmp_path_factory, data_file):
     return root, {s.name: s for s in scenarios(root)}
 
 
-@pytest.mark.parametrize("name", ["extract", "align", "mil"])
+@pytest.mark.parametrize("name", ["extract", "align", "mil", "cohort"])
 def test_killed_runs_resume_to_the_uninterrupted_result(work, name):
     root, found = work
     scenario = found[name]
