@@ -114,11 +114,36 @@ def gpu_text() -> str:
     return "\n".join(lines)
 
 
+def cpu_targets_text() -> str:
+    """Issue 20's targets on the development machine against `results/bench_datapath.json` and
+    `results/bench_extract.json` (each record carries the targets it was judged by)."""
+    d, e = _record("bench_datapath.json"), _record("bench_extract.json")
+    lite, resnet = e["encoders"]["efficientnet_lite0"], e["encoders"]["resnet50_trunc"]
+    dt, et = d["targets"], e["targets"]
+    rss = max(d["peak_rss_mb"], *(x["peak_rss_mb"] for x in e["encoders"].values()))
+    rows = [
+        ("data path alone, 20x tiles/s", f">= {dt['tiles_per_s_20x']:,.0f}", f"{d['tiles_per_s_20x']:,.0f}",
+         d["tiles_per_s_20x"] >= dt["tiles_per_s_20x"]),
+        ("data path alone, 20x slide time / 5x slide time", f">= {dt['ratio_20x_over_5x']:g}",
+         f"{d['ratio_20x_over_5x']:.1f}", d["ratio_20x_over_5x"] >= dt["ratio_20x_over_5x"]),
+        ("efficientnet_lite0 pipeline / network alone, 20x", f">= {et['pipeline_efficiency']:g}",
+         f"{lite['pipeline_efficiency']:.3f}", lite["pipeline_efficiency"] >= et["pipeline_efficiency"]),
+        ("resnet50_trunc tiles/s / CLAM-style loop's", f">= {et['speedup_over_baseline']:g}",
+         f"{resnet['speedup_over_baseline']:.2f}", resnet["speedup_over_baseline"] >= et["speedup_over_baseline"]),
+        ("peak RSS of any timed run, MB", f"<= {et['peak_rss_mb']:,.0f}", f"{rss:,.0f}", rss <= et["peak_rss_mb"]),
+    ]
+    load = max(d["machine_at_start"]["load_avg_1m"], e["machine_at_start"]["load_avg_1m"])
+    return "\n".join(["| target (8192 px generated slide) | wanted | measured | met |", "|---|---|---|---|",
+                      *(f"| {a} | {b} | {c} | {'yes' if ok else '**no**'} |" for a, b, c, ok in rows),
+                      "", f"{d['machine_at_start']['cpu_count']} cores, load at most {load:.2f} when the runs began."])
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "disclosures": lambda: disclosures.markdown(None),
     "reliability": reliability_table,
     "maga-baselines": lambda: baselines_text.readme_block(RESULTS),
     "gpu": gpu_text,
+    "cpu-targets": cpu_targets_text,
 }
 
 
