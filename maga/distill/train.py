@@ -22,6 +22,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -188,39 +189,45 @@ def work_dir_for(out: Path) -> Path:
     return out.with_name(out.name + ".work")
 
 
-def distill(cfg: DistillConfig, out: str | Path, progress: bool = True) -> DistillResult:
-    """Train (or resume, or reuse) a distilled student; write its checkpoint to `out`."""
-    out = Path(out)
-    work = work_dir_for(out)
+@dataclass
+class DistillRun:
+    """What every step of one distillation needs, built once by `setup` (the chapter's walkthrough calls
+    `setup`, `epoch_order`, `batch_views` and `step` as `distill` does)."""
+    cfg: DistillConfig
+    rt: Runtime
+    teacher: nn.Module
+    student: nn.Module
+    projection: nn.Linear
+    teacher_prepare: Prepare
+    prepare: Prepare
+    paths: list[str]
+    skipped: list[str]
+    classes: list[str]  # the labels objective's classes; empty when distilling
+    targets: torch.Tensor  # cached clean-tile teacher embeddings [N, D] (or class indices [N])
+    mean: torch.Tensor
+    std: torch.Tensor
+    loss_fn: Callable
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.paths) / self.cfg.batch_size)
+
+
+def setup(cfg: DistillConfig, work: Path, progress: bool = True) -> DistillRun:
+    """The frozen teacher, its targets (cached in `work`), the seeded student and projection, AdamW and
+    its schedule: the state before the first step (`cfg.threads` set for this process)."""
     rt = resolve(cfg.device, cfg.precision)
-    cfg = dataclasses.replace(cfg, device=rt.device, precision=rt.precision)  # the caller's cfg keeps its key
-    if out.exists():
-        state = read_checkpoint(out)
-        if _same_run(state["config"], cfg):
-            return DistillResult(out, state["history"], state["n_tiles"], state["skipped"])
-        raise MagaError("a checkpoint from a different configuration is already there; choose another --out", out)
-    if cfg.student not in STUDENT_SPECS:
-        raise MagaError(f"unknown student (known: {', '.join(STUDENT_SPECS)})", cfg.student)
-    paths = collect_tiles(cfg)  # bad --tiles fail before anything is written or built
-    work.mkdir(parents=True, exist_ok=True)
-    cfg_file = work / "config.json"
-    if cfg_file.exists():
-        old = json.loads(cfg_file.read_text())
-        old.pop("kind", None)
-        if not _same_run(old, cfg):
-            raise MagaError("work folder holds a run with another configuration; delete it or choose another --out",
-                            work)
-    save_config(cfg, work)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-
+    paths = collect_tiles(cfg)
     teacher = build(cfg.teacher, cfg.teacher_weights).eval().to(rt.device)
     for p in teacher.parameters():
         p.requires_grad_(False)
     tpx = cfg.teacher_px or teacher.spec.input_px
-    px = cfg.input_px or tpx
     teacher_prepare = Prepare(tpx, teacher.spec.mean, teacher.spec.std)
-    prepare = Prepare(px, teacher.spec.mean, teacher.spec.std)
+    prepare = Prepare(cfg.input_px or tpx, teacher.spec.mean, teacher.spec.std)
 
     classes: list[str] = []
     if cfg.objective == "labels":  # the teacher only lends its input size and normalisation
@@ -240,12 +247,80 @@ def distill(cfg: DistillConfig, out: str | Path, progress: bool = True) -> Disti
     projection = nn.Linear(student.dim, len(classes) or teacher.dim)  # labels: the class logits
     student.to(rt.device)
     projection.to(rt.device)
-    dev_targets, dev_mean, dev_std = rt.to(targets), rt.to(mean), rt.to(std)
     params = list(student.parameters()) + list(projection.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n = len(paths)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps_per_epoch, cfg.epochs))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(math.ceil(len(paths) / cfg.batch_size), cfg.epochs))
+    return DistillRun(cfg, rt, teacher, student, projection, teacher_prepare, prepare, paths, skipped, classes,
+                      rt.to(targets), rt.to(mean), rt.to(std), loss_fn, opt, sched)
+
+
+def epoch_order(run: DistillRun, epoch: int) -> list[np.ndarray]:
+    """The epoch's batches of tile indices (seeded per epoch, so a resumed run draws the same)."""
+    order = np.random.default_rng([run.cfg.seed, epoch]).permutation(len(run.paths))
+    bs = run.cfg.batch_size
+    return [order[b * bs:(b + 1) * bs] for b in range(run.steps_per_epoch)]
+
+
+def batch_views(run: DistillRun, idx: np.ndarray, epoch: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(student's augmented views at its input size, teacher's geometric views) of a batch's tiles, seeded
+    per (seed, epoch, tile)."""
+    s_views, t_views = [], []
+    for i in idx:
+        rng = np.random.default_rng([run.cfg.seed, epoch, int(i)])
+        geo = geometric_view(read_tile(run.paths[i]), run.teacher_prepare.input_px, rng, run.cfg.augment)
+        s_views.append(photometric(resize_tile(geo, run.prepare.input_px), rng, run.cfg.augment))
+        t_views.append(geo)
+    return s_views, t_views
+
+
+def step(run: DistillRun, idx: np.ndarray, epoch: int) -> float:
+    """One optimiser step on a batch (the student in training mode); its loss before the step."""
+    rt = run.rt
+    run.student.train()
+    run.projection.train()
+    s_views, t_views = batch_views(run, idx, epoch)
+    if run.cfg.teacher_view == "clean" or run.classes:
+        target = run.targets[torch.as_tensor(idx, device=rt.device)]
+    else:
+        with torch.inference_mode(), rt.autocast():
+            target = run.teacher(rt.to(run.teacher_prepare(t_views))).float()
+        target = target.clone()
+    with rt.autocast():
+        pred = run.projection(run.student(rt.to(run.prepare(s_views))))
+    loss = (run.loss_fn(pred.float(), target) if run.classes else
+            run.loss_fn(pred.float(), (target - run.mean) / run.std))
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    run.opt.step()
+    run.sched.step()
+    return loss.item()
+
+
+def distill(cfg: DistillConfig, out: str | Path, progress: bool = True) -> DistillResult:
+    """Train (or resume, or reuse) a distilled student; write its checkpoint to `out`."""
+    out = Path(out)
+    work = work_dir_for(out)
+    rt = resolve(cfg.device, cfg.precision)
+    cfg = dataclasses.replace(cfg, device=rt.device, precision=rt.precision)  # the caller's cfg keeps its key
+    if out.exists():
+        state = read_checkpoint(out)
+        if _same_run(state["config"], cfg):
+            return DistillResult(out, state["history"], state["n_tiles"], state["skipped"])
+        raise MagaError("a checkpoint from a different configuration is already there; choose another --out", out)
+    if cfg.student not in STUDENT_SPECS:
+        raise MagaError(f"unknown student (known: {', '.join(STUDENT_SPECS)})", cfg.student)
+    collect_tiles(cfg)  # bad --tiles fail before anything is written or built
+    work.mkdir(parents=True, exist_ok=True)
+    cfg_file = work / "config.json"
+    if cfg_file.exists():
+        old = json.loads(cfg_file.read_text())
+        old.pop("kind", None)
+        if not _same_run(old, cfg):
+            raise MagaError("work folder holds a run with another configuration; delete it or choose another --out",
+                            work)
+    save_config(cfg, work)
+    run = setup(cfg, work, progress)
+    student, projection, opt, sched = run.student, run.projection, run.opt, run.sched
     history: list[dict] = []
     start = 0
     state_file = work / "state.pt"
@@ -257,38 +332,14 @@ def distill(cfg: DistillConfig, out: str | Path, progress: bool = True) -> Disti
         sched.load_state_dict(st["scheduler"])
         history, start = st["history"], st["epoch"] + 1
 
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start * steps_per_epoch, desc="distill",
+    bar = tqdm(total=cfg.epochs * run.steps_per_epoch, initial=start * run.steps_per_epoch, desc="distill",
                unit="step", disable=not progress)
     for epoch in range(start, cfg.epochs):
-        student.train()
-        projection.train()
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
         losses = []
-        for b in range(steps_per_epoch):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+        for idx in epoch_order(run, epoch):
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
-            s_views, t_views = [], []
-            for i in idx:
-                rng = np.random.default_rng([cfg.seed, epoch, int(i)])
-                geo = geometric_view(read_tile(paths[i]), tpx, rng, cfg.augment)
-                s_views.append(photometric(resize_tile(geo, px), rng, cfg.augment))
-                t_views.append(geo)
-            if cfg.teacher_view == "clean" or classes:
-                target = dev_targets[torch.as_tensor(idx, device=rt.device)]
-            else:
-                with torch.inference_mode(), rt.autocast():
-                    target = teacher(rt.to(teacher_prepare(t_views))).float()
-                target = target.clone()
-            with rt.autocast():
-                pred = projection(student(rt.to(prepare(s_views))))
-            loss = (loss_fn(pred.float(), target) if classes else
-                    loss_fn(pred.float(), (target - dev_mean) / dev_std))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
+            losses.append(step(run, idx, epoch))
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "step_losses": losses,
@@ -300,17 +351,18 @@ def distill(cfg: DistillConfig, out: str | Path, progress: bool = True) -> Disti
         write_json([{k: v for k, v in h.items() if k != "step_losses"} for h in history], work / "history.json")
     bar.close()
 
+    teacher = run.teacher
     ckpt = {
         "format": CHECKPOINT_FORMAT, "student_arch": cfg.student, "student": _cpu(student.model.state_dict()),
-        "projection": _cpu(projection.state_dict()), "target_mean": mean, "target_std": std,
-        "teacher": teacher.identity(), "teacher_dim": teacher.dim, "teacher_px": tpx, "input_px": px,
-        "mean": list(teacher.spec.mean), "std": list(teacher.spec.std), "config": to_jsonable(cfg),
-        "history": history, "n_tiles": n, "skipped": skipped, "finished": True,
-        "objective": cfg.objective, "classes": classes,
+        "projection": _cpu(projection.state_dict()), "target_mean": run.mean.cpu(), "target_std": run.std.cpu(),
+        "teacher": teacher.identity(), "teacher_dim": teacher.dim, "teacher_px": run.teacher_prepare.input_px,
+        "input_px": run.prepare.input_px, "mean": list(teacher.spec.mean), "std": list(teacher.spec.std),
+        "config": to_jsonable(cfg), "history": history, "n_tiles": len(run.paths), "skipped": run.skipped,
+        "finished": True, "objective": cfg.objective, "classes": run.classes,
     }
     with atomic_path(out) as tmp:
         torch.save(ckpt, tmp)
-    return DistillResult(out, history, n, skipped)
+    return DistillResult(out, history, len(run.paths), run.skipped)
 
 
 def _cpu(state: dict) -> dict:

@@ -1,5 +1,5 @@
-"""The application pieces the chapters' walkthroughs call: chapter 03's probe on held-out tiles and
-chapter 04's view of one cross-validation, each equal to what the cached run does."""
+"""The application pieces the chapters' walkthroughs call: chapter 03's probe on held-out tiles, chapter
+04's view of one cross-validation and chapter 06's distillation steps, each equal to what the cached run does."""
 
 from __future__ import annotations
 
@@ -50,3 +50,20 @@ def test_cv_config_is_the_run_of_one_model_in_one_setting(tmp_path):
     assert cv.features == str(tmp_path / "features" / "5x_maga")
     with pytest.raises(MagaError, match="no gltrans@coords at 20x"):
         cv_config(cfg, tmp_path, "20x", "gltrans@coords")
+
+
+def test_chapter_06_steps_are_the_distillation_runs_first_steps(tmp_path, data_file):
+    """`setup`, `epoch_order`, `batch_views` and `step` called by hand give the run's own first losses."""
+    from maga.distill.train import DistillConfig, batch_views, distill, epoch_order, setup, step
+
+    data_file("lc25000_lung_224_dedup", "lung_aca/lungaca100.jpeg")
+    cfg = DistillConfig(max_tiles=8, epochs=1, batch_size=4, teacher_px=64, input_px=48, device="cpu",
+                        precision="fp32")
+    run = setup(cfg, tmp_path / "by_hand", progress=False)
+    batches = epoch_order(run, 0)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(8)) and [len(b) for b in batches] == [4, 4]
+    student_views, teacher_views = batch_views(run, batches[0], 0)
+    assert student_views[0].shape == (48, 48, 3) and teacher_views[0].shape == (64, 64, 3)
+    by_hand = [step(run, b, 0) for b in batches]
+    whole = distill(cfg, tmp_path / "run.pt", progress=False)
+    assert by_hand == whole.history[0]["step_losses"]
