@@ -220,6 +220,7 @@ def make_cohort(root: Path, n_cases: int, n_folds: int, side: int = 768, faults:
 def tiny_student(tiles: str | Path, out: Path) -> Path:
     """A one-epoch MAGA student on 8 tiles of `tiles` (a folder or a tile dataset), for runs that need
     a student, not for its quality."""
+    # lazy: only the scenarios that need a student load the trainer (saves start-up time of the others)
     from maga_core.align.train import AlignConfig, train
 
     return train(AlignConfig(tiles=[str(tiles)], tile_mpp=0.5, max_tiles=8, epochs=1, batch_size=8, device="cpu"),
