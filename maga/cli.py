@@ -11,7 +11,7 @@ import pkgutil
 import sys
 
 import maga.commands as commands
-from maga.provenance import use_cli_argv
+from maga.provenance import use_cli_argv, use_running
 from maga_core.errors import MagaError, OutputError, output_error
 
 
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     use_cli_argv(sys.argv[1:] if argv is None else list(argv))  # records made by this command name it
     args = parser.parse_args(argv)
+    use_running(args.func)  # of the modules the parser imported, records depend on those this reaches
     try:
         return int(args.func(args) or 0)
     except (MagaError, OSError) as exc:

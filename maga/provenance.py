@@ -16,6 +16,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from maga_core.config import to_jsonable, write_json
@@ -30,11 +31,46 @@ SOURCES_ENV = "MAGA_RECORD_SOURCES"
 SIDECAR_SUFFIX = ".provenance.json"
 # The `maga` arguments of this process, set by maga.cli.main (also when called in-process, as tests do).
 _cli_argv: list[str] | None = None
+# Building the `maga` parser imports every subcommand and benchmark module (they register their options);
+# a record depends only on those its own command reaches, from the functions it runs (`use_running`).
+REGISTRATION = ("maga/commands/", "maga/bench/")
+_running: list[Any] = []
 
 
 def use_cli_argv(argv: list[str]) -> None:
     global _cli_argv
     _cli_argv = list(argv)
+
+
+def use_running(*functions: Any) -> None:
+    """The functions this process's command runs (maga.cli: the subcommand's; `maga bench`: the benchmark's):
+    of the registration modules, records list only those these reach."""
+    _running.extend(functions)
+
+
+def _module_names(value: Any) -> set[str]:
+    """Our modules a value comes from: a module, a function or class, and the functions held by a
+    callable's default arguments (a subcommand lambda carries the benchmark it runs there)."""
+    names = {value.__name__} if isinstance(value, ModuleType) else {getattr(value, "__module__", None)}
+    for default in getattr(value, "__defaults__", None) or ():
+        names |= {getattr(v, "__module__", None) for v in getattr(default, "__dict__", {}).values() if callable(v)}
+    return {n for n in names if isinstance(n, str) and n.split(".")[0] in PACKAGES}
+
+
+def _reached(roots: list[Any]) -> set[str]:
+    """Module names reachable from `roots` through the globals of registration modules."""
+    todo = set().union(*(_module_names(r) for r in roots)) if roots else set()
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        seen.add(name)
+        mod = sys.modules.get(name)
+        file = getattr(mod, "__file__", "") or ""
+        if mod is None or not any(part in Path(file).as_posix() for part in REGISTRATION):
+            continue
+        for value in list(vars(mod).values()):
+            todo |= _module_names(value) - seen
+    return seen
 
 
 def git(*args: str, repo: Path = REPO_ROOT) -> str | None:
@@ -60,8 +96,10 @@ def command_line() -> str:
 
 
 def loaded_modules(repo: Path = REPO_ROOT) -> list[str]:
-    """Repo-relative paths of this project's modules imported in this process, sorted."""
+    """Repo-relative paths of this project's modules imported in this process, sorted; of the subcommand
+    and benchmark modules, only those the running command reaches (all of them when none is known)."""
     out = set()
+    reached = _reached(_running) if _running else None
     for name, mod in list(sys.modules.items()):
         if name.split(".")[0] not in PACKAGES:
             continue
@@ -69,9 +107,12 @@ def loaded_modules(repo: Path = REPO_ROOT) -> list[str]:
         if not file:
             continue
         try:
-            out.add(Path(file).resolve().relative_to(repo).as_posix())
+            rel = Path(file).resolve().relative_to(repo).as_posix()
         except ValueError:
             continue
+        if reached is not None and rel.startswith(REGISTRATION) and name not in reached:
+            continue
+        out.add(rel)
     return sorted(out)
 
 

@@ -65,7 +65,8 @@ def _corrupt(work: Path, seed: int) -> dict[str, Any]:
         for p in good.glob("*.tif"):
             (batch / p.name).write_bytes(p.read_bytes())
         out = work / f"features_{where}"
-        proc = subprocess.run(maga_argv("extract", "--encoder", ENCODER, "--mag", "5", "--workers", "0", "--no-progress",
+        # 20x reads level 0, where the damage is (5x reads the pyramid level nearest 5x, untouched)
+        proc = subprocess.run(maga_argv("extract", "--encoder", ENCODER, "--mag", "20", "--workers", "0", "--no-progress",
                                         "--device", "cpu", "--input", str(batch), "--out", str(out)),
                               env=child_env(), capture_output=True, text=True)
         failed = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("failed:")]

@@ -138,3 +138,21 @@ def test_in_process_cli_call_names_its_own_arguments(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["runs"]["a"]["x"] == 1
     assert data["provenance"]["command"] == f"maga results combine {out} a={part}"
+
+
+def test_a_benchmark_record_lists_only_the_registration_modules_its_command_reaches(monkeypatch):
+    """Building the parser imports every subcommand and benchmark; a `maga bench datapath` record depends on
+    datapath and what it imports (extract's memory sampler, the CLAM-style loop), not on the other benchmarks."""
+    import maga.provenance as prov
+    from maga.cli import build_parser
+
+    monkeypatch.setattr(prov, "_running", [])
+    args = build_parser().parse_args(["bench", "datapath", "--json"])
+    everything = prov.loaded_modules()  # no command known: every loaded module counts
+    assert "maga/bench/telepath.py" in everything and "maga/commands/serve.py" in everything
+    prov.use_running(args.func)
+    mods = prov.loaded_modules()
+    assert {"maga/commands/bench.py", "maga/bench/registry.py", "maga/bench/datapath.py", "maga/bench/extract.py",
+            "maga/bench/clam_loop.py"} <= set(mods)
+    assert not {"maga/bench/telepath.py", "maga/bench/reliability.py", "maga/commands/serve.py"} & set(mods)
+    assert "maga/provenance.py" in mods  # modules outside the registration layer all count
