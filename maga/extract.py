@@ -15,9 +15,11 @@ import dataclasses
 import logging
 import os
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -50,9 +52,17 @@ EXTRACT_TISSUE_MPP = 8.0  # um/px of the tissue-mask thumbnail: a small fixed co
 
 
 def default_workers() -> int:
-    """Readers scale with the machine: slides decode on this many threads (every core: decoding is short
-    next to the network and releases the GIL); tile folders use up to this many DataLoader processes."""
+    """Tile folders read on this many DataLoader processes (every core: decoding releases the GIL and is
+    short next to the network)."""
     return decode_threads()
+
+
+def slide_decode_threads(runtime: Runtime) -> int:
+    """Threads that decode a slide's tiles: every core when the network runs on an accelerator (the data
+    path is then the bottleneck), one when it runs on the CPU: torch's threads already use every core, one
+    decode thread keeps well ahead of a CPU network, and more only take cycles from it (`maga bench extract
+    --ideas`: `decode_threads_x2` in results/bench_extract.json)."""
+    return 1 if runtime.kind == "cpu" else decode_threads()
 
 
 @dataclass
@@ -66,8 +76,8 @@ class ExtractConfig:
     weights: str | None = None  # encoder weights: None default source, a path, or "random"
     mpp: float | None = None  # slides: level-0 MPP override; tiles: the tiles' MPP (required)
     input_kind: str = "auto"  # auto | slides | tiles
-    batch_size: int | None = None  # None: auto_batch_size (32 at 256 px on CPU, 256 on CUDA, by pixel count)
-    num_workers: int = field(default_factory=default_workers)
+    batch_size: int | None = None  # None: auto_batch_size (4 at 256 px on CPU, 256 on CUDA, by pixel count)
+    num_workers: int | None = None  # None: slide_decode_threads for slides, default_workers for tile folders
     channels_last: bool = True
     min_tissue: float = 0.5
     tissue_mpp: float = EXTRACT_TISSUE_MPP  # tissue mask thumbnail scale (slides.TissueConfig.thumb_mpp)
@@ -274,29 +284,96 @@ class SlideResult:
     stages: dict[str, float]  # slides: slide_stream.STAGES (seconds per stage); tiles: embed_write
 
 
+@dataclass
+class PreparedSlide:
+    """An open slide with its patch grid: what `extract_slide` needs before the first patch is read."""
+
+    path: Path
+    reader: Any
+    coords: np.ndarray
+    stages: StageTimes
+
+
+def prepare_slide(path: str | Path, model: FeatureModel, mpp: float | None = None, num_workers: int | None = None,
+                  min_tissue: float = 0.5, fast: bool = True, tissue_mpp: float | None = EXTRACT_TISSUE_MPP
+                  ) -> PreparedSlide:
+    """Open the slide (its JPEG tiles decoded by `TileReader` unless `fast=False`) and find the tissue
+    patches of `model`'s magnification. The caller closes `.reader` (`extract_prepared` does)."""
+    path, stages = Path(path), StageTimes()
+    with stages.time("open"):
+        reader = open_slide(path, mpp=mpp)
+        if fast:
+            reader = fast_reader(reader, num_workers or slide_decode_threads(model.runtime))
+    try:
+        with stages.time("tissue_grid"):
+            mask = detect_tissue(reader, TissueConfig(thumb_mpp=tissue_mpp))
+            coords = aligned_grid(reader, mask, (model.mag,), {model.mag: model.patch_px}, min_tissue=min_tissue)
+    except BaseException:
+        reader.close()
+        raise
+    return PreparedSlide(path, reader, coords, stages)
+
+
+def extract_prepared(prep: PreparedSlide, model: FeatureModel, out_path: str | Path, batch_size: int | None = None,
+                     progress: bool = True, started: float | None = None) -> SlideResult:
+    """Features of every patch of a prepared slide -> one HDF5 (written atomically); closes its reader.
+    `started`: when the slide's turn began (`SlideResult.seconds` counts from there)."""
+    started = time.perf_counter() if started is None else started
+    coords = prep.coords
+    with prep.reader as reader:
+        bs = batch_size or auto_batch_size(model.patch_px, model.runtime.cuda)
+        with tqdm(total=len(coords), desc=prep.path.name, unit="patch", leave=False, disable=not progress) as bar, \
+                feature_writer(out_path, len(coords), model.dim, coords=coords, slide=prep.path.name,
+                               mpp=float(reader.mpp), **model.attrs()) as put:
+            stream_patches(reader, coords, model, put, bs, prep.stages, bar.update)
+    return SlideResult(str(prep.path), str(out_path), len(coords), time.perf_counter() - started,
+                       prep.stages.as_dict())
+
+
 def extract_slide(path: str | Path, model: FeatureModel, out_path: str | Path, mpp: float | None = None,
                   batch_size: int | None = None, num_workers: int | None = None, min_tissue: float = 0.5,
                   progress: bool = True, fast: bool = True, tissue_mpp: float | None = EXTRACT_TISSUE_MPP
                   ) -> SlideResult:
     """Tissue mask -> aligned grid -> features of every patch -> one HDF5 (written atomically).
-    `num_workers`: decode threads (None: every core); `fast=False`: the reader of record alone."""
-    path = Path(path)
-    stages = StageTimes()
+    `num_workers`: decode threads (None: `slide_decode_threads`); `fast=False`: the reader of record alone."""
     t0 = time.perf_counter()
-    with stages.time("open"):
-        reader = open_slide(path, mpp=mpp)
-        if fast:
-            reader = fast_reader(reader, num_workers or None)
-    with reader:
-        with stages.time("tissue_grid"):
-            mask = detect_tissue(reader, TissueConfig(thumb_mpp=tissue_mpp))
-            coords = aligned_grid(reader, mask, (model.mag,), {model.mag: model.patch_px}, min_tissue=min_tissue)
-        bs = batch_size or auto_batch_size(model.patch_px, model.runtime.cuda)
-        with tqdm(total=len(coords), desc=path.name, unit="patch", leave=False, disable=not progress) as bar, \
-                feature_writer(out_path, len(coords), model.dim, coords=coords, slide=path.name,
-                               mpp=float(reader.mpp), **model.attrs()) as put:
-            stream_patches(reader, coords, model, put, bs, stages, bar.update)
-    return SlideResult(str(path), str(out_path), len(coords), time.perf_counter() - t0, stages.as_dict())
+    prep = prepare_slide(path, model, mpp, num_workers, min_tissue, fast, tissue_mpp)
+    return extract_prepared(prep, model, out_path, batch_size, progress, t0)
+
+
+def extract_slides(jobs: Sequence[tuple[str | Path, str | Path]], model: FeatureModel, mpp: float | None = None,
+                   batch_size: int | None = None, num_workers: int | None = None, min_tissue: float = 0.5,
+                   progress: bool = True, fast: bool = True, tissue_mpp: float | None = EXTRACT_TISSUE_MPP,
+                   raise_errors: bool = False) -> Iterator[tuple[Path, SlideResult | Exception]]:
+    """`extract_slide` over (slide, output) pairs, yielding (slide, result or the exception that stopped
+    it; raised instead with `raise_errors`). The next slide is opened and its tissue found on a background
+    thread while this one streams, so a cohort pays for them where a core would otherwise idle (at 5x they
+    are a large share of a slide: `stages_per_slide` in results/bench_datapath.json). A result's `seconds`
+    runs from the end of the previous slide: over a batch they add up to its wall time."""
+    jobs = [(Path(src), Path(dst)) for src, dst in jobs]
+    pending: deque[Future] = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="maga-prepare") as pool:
+        def submit(k: int) -> None:
+            if k < len(jobs):
+                pending.append(pool.submit(prepare_slide, jobs[k][0], model, mpp, num_workers, min_tissue, fast,
+                                           tissue_mpp))
+
+        submit(0)
+        try:
+            for k, (src, dst) in enumerate(jobs):
+                started = time.perf_counter()
+                future = pending.popleft()
+                submit(k + 1)
+                try:
+                    yield src, extract_prepared(future.result(), model, dst, batch_size, progress, started)
+                except Exception as exc:  # noqa: BLE001 - the caller decides (extract_batch skips and reports)
+                    if raise_errors:
+                        raise
+                    yield src, exc
+        finally:  # stopped early: close what was opened ahead
+            for future in pending:
+                if future.exception() is None:
+                    future.result().reader.close()
 
 
 def find_files(folder: Path, suffixes: set[str]) -> list[Path]:
@@ -364,9 +441,19 @@ def plan(cfg: ExtractConfig) -> tuple[str, list[tuple[Path, Path]], Path]:
     return kind, items, out.parent if single else out
 
 
+def _tiles_outcomes(todo: list[tuple[Path, Path]], model: FeatureModel, cfg: ExtractConfig
+                    ) -> Iterator[tuple[Path, SlideResult | Exception]]:
+    """`extract_tiles` per tile folder, as (folder, result or exception) like `extract_slides`."""
+    for src, dst in todo:
+        try:
+            yield src, extract_tiles(src, model, dst, cfg.mpp, cfg.batch_size, cfg.num_workers, cfg.progress)
+        except Exception as exc:  # noqa: BLE001 - reported by extract_batch
+            yield src, exc
+
+
 def extract_batch(cfg: ExtractConfig) -> BatchReport:
     """The whole `maga extract` job for this rank: resume, shard, skip-and-report failures."""
-    if cfg.batch_size is not None and cfg.batch_size < 1 or cfg.num_workers < 0:
+    if cfg.batch_size is not None and cfg.batch_size < 1 or (cfg.num_workers or 0) < 0:
         raise MagaError(f"batch size must be >= 1 and workers >= 0 (got {cfg.batch_size}, {cfg.num_workers})")
     kind, items, out_dir = plan(cfg)
     if kind == "tiles" and cfg.mpp is None:
@@ -380,26 +467,26 @@ def extract_batch(cfg: ExtractConfig) -> BatchReport:
             report.skipped.append(str(dst))
         else:
             todo.append((src, dst))
+    outcomes: Iterator[tuple[Path, SlideResult | Exception]] = iter(())
     if todo:
         rt = resolve(cfg.device, cfg.precision)
         model = load_model(cfg.encoder, cfg.mag, cfg.student, cfg.weights, cfg.channels_last, rt)
         if cfg.upsample_px:
             model = upsampled(model, cfg.upsample_px)
         save_config(dataclasses.replace(cfg, device=rt.device, precision=rt.precision), out_dir)
-    for src, dst in tqdm(todo, desc="slides", unit="slide", disable=not cfg.progress or len(todo) < 2):
-        try:
-            if kind == "tiles":
-                res = extract_tiles(src, model, dst, cfg.mpp, cfg.batch_size, cfg.num_workers, cfg.progress)
-            else:
-                res = extract_slide(src, model, dst, cfg.mpp, cfg.batch_size, cfg.num_workers, cfg.min_tissue,
-                                    cfg.progress, tissue_mpp=cfg.tissue_mpp)
+        outcomes = (_tiles_outcomes(todo, model, cfg) if kind == "tiles" else
+                    extract_slides(todo, model, cfg.mpp, cfg.batch_size, cfg.num_workers, cfg.min_tissue,
+                                   cfg.progress, tissue_mpp=cfg.tissue_mpp))
+    for (src, dst), (_, res) in zip(todo, tqdm(outcomes, total=len(todo), desc="slides", unit="slide",
+                                               disable=not cfg.progress or len(todo) < 2)):
+        if isinstance(res, Exception):  # one bad slide must not stop the batch ...
+            if (stop := output_error(res, dst.parent)) is not None:  # ... but a full or read-only output folder does
+                raise stop from None
+            report.failed[str(src)] = one_line_cause(res, src)
+            log.warning("skipped %s", report.failed[str(src)])
+        else:
             report.done.append(res)
             log.info("%s: %d patches in %.1f s -> %s", src, res.n_patches, res.seconds, dst)
-        except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the batch
-            if (stop := output_error(exc, dst.parent)) is not None:  # ... but a full or read-only output folder does
-                raise stop from None
-            report.failed[str(src)] = one_line_cause(exc, src)
-            log.warning("skipped %s", report.failed[str(src)])
     write_json({"kind": kind, **report_dict(report)},
                out_dir / (REPORT if world == 1 else f"extract_report.rank{rank}.json"))
     return report

@@ -1,5 +1,5 @@
 """The slide data path of `maga extract`: uint8 patch batches read by a producer thread (tiles decoded
-on every core by `slides.TileReader`) while the caller's thread runs the network.
+on `slides.TileReader`'s threads) while the caller's thread runs the network.
 
 Only uint8 crosses to the device (a quarter of float32's bytes, pinned for an asynchronous copy on
 CUDA); normalisation (and an upsampling student's resize) runs there, inside the model's own

@@ -32,7 +32,7 @@ class ExtractBenchConfig:
     high_mag: float = 20.0
     low_mag: float = 5.0
     batch_size: int | None = None  # None: extract's default for the device (maga.extract.auto_batch_size)
-    num_workers: int | None = None  # None: extract's default (every core)
+    num_workers: int | None = None  # None: extract's defaults (slide_decode_threads; the baseline: every core)
     threads: int | None = None  # torch intra-op threads in the timed process (None: torch's default)
     repeats: int = 1  # each timing is repeated and the best kept (the CPU may be shared)
     channels_last: bool = True
@@ -166,22 +166,23 @@ def _isolated(fn: str, **kwargs: Any) -> dict[str, Any]:
     return out
 
 
-def _time_ours(slides: list[str], encoder: str, mag: float, batch_size: int, workers: int, channels_last: bool,
+def _time_ours(slides: list[str], encoder: str, mag: float, batch_size: int, workers: int | None, channels_last: bool,
                out: str, threads: int | None = None, fast: bool = True, device: str = "cpu") -> dict[str, Any]:
-    """Our extract_slide on every slide (one process), then the network alone on the steady state's
+    """Our extract_slides on every slide (one process), then the network alone on the steady state's
     number of tiles (same process, threads and device)."""
     import numpy as np
 
     # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
-    from maga.extract import FeatureModel, extract_slide
+    from maga.extract import FeatureModel, extract_slides
     from maga_core.device import resolve
     from maga_core.slides import open_slide, patch_px_for_mag, read_patch
 
     net, weights, random_init = _build(encoder)
     px = patch_px_for_mag(mag)
     model = FeatureModel(net, net.transform, mag, px, encoder, "", channels_last, resolve(device))
-    runs = [extract_slide(slide, model, f"{out}.{i}.h5", batch_size=batch_size, num_workers=workers or None,
-                          progress=False, fast=fast) for i, slide in enumerate(slides)]
+    jobs = [(slide, f"{out}.{i}.h5") for i, slide in enumerate(slides)]
+    runs = [res for _, res in extract_slides(jobs, model, batch_size=batch_size, num_workers=workers, progress=False,
+                                             fast=fast, raise_errors=True)]
     seconds, n = _steady([r.seconds for r in runs], [r.n_patches for r in runs])
     out, slide = f"{out}.0.h5", slides[0]
     with open_slide(slide) as reader:
@@ -263,7 +264,7 @@ def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
 IDEAS: dict[str, dict[str, Any]] = {
     "no_channels_last": {"channels_last": False},
     "reader_of_record": {"fast": False},
-    "one_decode_thread": {"workers": 1},
+    "decode_threads_x2": {"workers_scale": 2},
     "one_torch_thread": {"threads": 1},
     "batch_x2": {"batch_scale": 2.0},
 }
@@ -273,17 +274,19 @@ def run_extract_bench(cfg: ExtractBenchConfig, progress: bool = True) -> dict[st
     import numpy as np
 
     # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
-    from maga.extract import EXTRACT_TISSUE_MPP, auto_batch_size, default_workers
+    from maga.extract import EXTRACT_TISSUE_MPP, auto_batch_size, default_workers, slide_decode_threads
     from maga_core.device import resolve
     from maga_core.slides import TissueConfig, aligned_grid, detect_tissue, open_slide, patch_px_for_mag
     from maga.slide_tools.generator import generate_slide
 
     load_start = machine()
-    workers = default_workers() if cfg.num_workers is None else cfg.num_workers
+    rt = resolve(cfg.device, "auto")
+    workers = cfg.num_workers or slide_decode_threads(rt)  # ours: decode threads
+    baseline_workers = cfg.num_workers or default_workers()  # the CLAM-style loop: DataLoader processes
     mags = (cfg.high_mag, cfg.low_mag)
     hi, lo = f"{cfg.high_mag:g}x", f"{cfg.low_mag:g}x"
     px = {m: patch_px_for_mag(m) for m in mags}
-    cuda = resolve(cfg.device, "auto").cuda
+    cuda = rt.cuda
     bs = {m: cfg.batch_size or auto_batch_size(px[m], cuda) for m in mags}
     with tempfile.TemporaryDirectory(prefix="maga-bench-") as tmp:
         if cfg.slide:
@@ -308,6 +311,7 @@ def run_extract_bench(cfg: ExtractBenchConfig, progress: bool = True) -> dict[st
         def ours(name: str, m: float, **change: Any) -> dict[str, Any]:
             kw = {"channels_last": cfg.channels_last, "workers": workers, "threads": cfg.threads, "device": cfg.device}
             scale = change.pop("batch_scale", 1.0)
+            kw["workers"] *= change.pop("workers_scale", 1)
             kw.update(change)
             return _best([_isolated("_time_ours", slides=slides, encoder=name, mag=m,
                                     batch_size=int(bs[m] * scale), out=str(Path(tmp) / f"{name}_{m:g}x.h5"), **kw)
@@ -343,7 +347,7 @@ def run_extract_bench(cfg: ExtractBenchConfig, progress: bool = True) -> dict[st
 
         baseline = None
         if cfg.baseline:
-            b = _best([_isolated("_time_baseline", slides=slides, coords_files=coords_files, workers=workers,
+            b = _best([_isolated("_time_baseline", slides=slides, coords_files=coords_files, workers=baseline_workers,
                                  out=str(Path(tmp) / "baseline"), threads=cfg.threads, device=cfg.device)
                        for _ in range(cfg.repeats)])
             n = b["n"]
@@ -372,7 +376,8 @@ def run_extract_bench(cfg: ExtractBenchConfig, progress: bool = True) -> dict[st
         "benchmark": "extract",
         "slide": info,
         "settings": {**asdict(cfg), "batch_size": {f"{m:g}x": bs[m] for m in mags},
-                     "patch_px": {f"{m:g}x": px[m] for m in mags}, "num_workers": workers},
+                     "patch_px": {f"{m:g}x": px[m] for m in mags}, "num_workers": workers,
+                     "baseline_workers": baseline_workers},
         "targets": {"pipeline_efficiency": PIPELINE_TARGET, "ratio_20x_over_5x": RATIO_TARGET,
                     "speedup_over_baseline": BASELINE_TARGET, "peak_rss_mb": RSS_TARGET_MB},
         "notes": [
@@ -381,8 +386,8 @@ def run_extract_bench(cfg: ExtractBenchConfig, progress: bool = True) -> dict[st
             "figure); with --repeats the best time of the repeats is kept",
             "model_only: the network alone on the slide's number of tiles (real patches preprocessed in memory), "
             "same process, batch size and threads, after the pipeline run",
-            "pipeline / slide_seconds: the whole extract_slide (open, tissue mask, grid, read + preprocess in "
-            "DataLoader workers, network, HDF5 write) on the slide's tissue patches",
+            "pipeline / slide_seconds: the whole extract_slides (open, tissue mask, grid, read and decode on "
+            f"{workers} thread(s), preprocess, network, HDF5 write) on the slide's tissue patches",
             f"{cfg.low_mag:g}x runs the same network natively on {px[cfg.low_mag]} px patches, as a MAGA "
             "student in native mode does (same architecture as its teacher, so the same compute)",
             "baseline: a CLAM-style loop in this package's code (OpenSlide read_region per 256 px patch at level 0, "
@@ -405,7 +410,8 @@ def _extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoders", default=",".join(d.encoders), help="comma-separated encoder names")
     p.add_argument("--batch-size", type=int, help="patches per batch at both magnifications (default: auto)")
     p.add_argument("--workers", type=int, help="our decode threads and the baseline's DataLoader processes "
-                   "(default: every core)")
+                   "(default: extract's, one decode thread on CPU and every core on an accelerator; the baseline: "
+                   "every core)")
     p.add_argument("--slides", type=int, default=d.slides, help="generated slides timed in one process; with 2 "
                    "or more the first (warm-up) is reported apart and the rest give the steady state (default 1)")
     p.add_argument("--device", default=d.device, help="device of both pipelines: cpu, cuda[:N], auto (default cpu)")

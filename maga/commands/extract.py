@@ -24,8 +24,10 @@ def register(subparsers) -> None:
     p.add_argument("--mpp", type=float, help="slides: override the level-0 MPP; tiles: their MPP (required)")
     p.add_argument("--kind", choices=INPUT_KINDS, default="auto", help="what --input holds (default: auto)")
     p.add_argument("--weights", help="encoder weights file (or 'random'); default: the encoder's own source")
-    p.add_argument("--batch-size", type=int, help="patches per batch (default: 32 at 256 px, more for smaller)")
-    p.add_argument("--workers", type=int, help="reader processes (default: half the cores)")
+    p.add_argument("--batch-size", type=int, help="patches per batch (default: 4 at 256 px on CPU, 256 on CUDA, "
+                   "more for smaller patches)")
+    p.add_argument("--workers", type=int, help="slides: decode threads (default: one with the network on CPU, every "
+                   "core on an accelerator); tile folders: reader processes (default: every core)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_device_arguments(p)
     p.set_defaults(func=run)

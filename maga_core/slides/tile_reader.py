@@ -1,4 +1,4 @@
-"""The fast read path: a slide's own compressed tiles, decoded in parallel on every core.
+"""The fast read path: a slide's own compressed tiles, decoded in parallel on a pool of threads.
 
 `TileReader` wraps the reader of record (OpenSlide for SVS semantics, tifffile for OME) and answers
 `read_region` for every pyramid level stored as a tiled JPEG TIFF page by fetching the raw tiles the
@@ -78,8 +78,9 @@ class TileReader(SlideReader):
     def fast_level(self, level: int) -> bool:
         return level in self.pages
 
-    def _decode(self, level: int, indices: list[int]) -> dict[int, np.ndarray]:
-        """Decoded tiles {index: tile [th, tw, 3]} of one level, from the cache or decoded in parallel."""
+    def _decode(self, level: int, indices: list[int], keep: set[int] | None = None) -> dict[int, np.ndarray]:
+        """Decoded tiles {index: tile [th, tw, 3]} of one level, from the cache or decoded in parallel; the
+        newly decoded ones are cached (only those in `keep` when given)."""
         page, t0 = self.pages[level], time.perf_counter()
         with self._lock:
             have = {i: self._cache[(level, i)] for i in indices if (level, i) in self._cache}
@@ -102,6 +103,8 @@ class TileReader(SlideReader):
         done = dict(self._pool.map(one, raw) if len(raw) > 1 and not nested else map(one, raw))
         with self._lock:
             for i, tile in done.items():
+                if keep is not None and i not in keep:
+                    continue
                 self._cache[(level, i)] = tile
                 self._cache.move_to_end((level, i))
             while len(self._cache) > CACHE_TILES:
@@ -127,11 +130,15 @@ class TileReader(SlideReader):
         return [r * per_row + c for r in range(iy0 // th, (iy1 - 1) // th + 1)
                 for c in range(ix0 // tw, (ix1 - 1) // tw + 1)]
 
-    def _paste(self, level: int, tiles: dict[int, np.ndarray], x0: int, y0: int, w: int, h: int) -> np.ndarray:
+    def _paste(self, level: int, tiles: dict[int, np.ndarray], x0: int, y0: int, w: int, h: int,
+               out: np.ndarray | None = None) -> np.ndarray:
+        """The region from its decoded tiles, written into `out` when given (no intermediate copy)."""
         page = self.pages[level]
         W, H, tw, th = page.imagewidth, page.imagelength, page.tilewidth, page.tilelength
         per_row = -(-W // tw)
-        out = np.full((h, w, 3), 255, np.uint8)
+        out = np.empty((h, w, 3), np.uint8) if out is None else out
+        if x0 < 0 or y0 < 0 or x0 + w > W or y0 + h > H:  # beyond the level: white, as OpenSlide shows it
+            out.fill(255)
         for i in self._tiles_of(level, x0, y0, w, h):
             sy, sx = (i // per_row) * th, (i % per_row) * tw
             paste(out, tiles[i][:H - sy, :W - sx], sx, sy, x0, y0)  # edge tiles are padded
@@ -155,13 +162,36 @@ class TileReader(SlideReader):
         in parallel, then cut (what a batch of patches at a stored magnification needs)."""
         w, h = int(size[0]), int(size[1])
         out = np.empty((len(locations), h, w, 3), np.uint8)
-        xys = [self._level_xy(loc, level) if level in self.pages else None for loc in locations]
-        need = sorted({i for xy in xys if xy is not None for i in self._tiles_of(level, *xy, w, h)})
-        tiles = self._decode(level, need) if need else {}
+        page = self.pages.get(level)
+        if page is None or not len(locations):
+            for k, loc in enumerate(locations):
+                out[k] = self.base.read_region(loc, level, (w, h))
+            return out
+        tw, th, W, H = page.tilewidth, page.tilelength, page.imagewidth, page.imagelength
+        lxy = np.asarray(locations, np.float64).reshape(-1, 2) / self.level_downsamples[level]
+        whole = (lxy == np.floor(lxy)).all(axis=1)  # a whole pixel of the level (else OpenSlide resamples)
+        x, y = lxy[:, 0].astype(np.int64), lxy[:, 1].astype(np.int64)
+        sx, sy = x % tw, y % th
+        # inside one tile and the level (every patch when tiles are multiples of the patch grid): one slice
+        single = whole & (x >= 0) & (y >= 0) & (x + w <= W) & (y + h <= H) & (sx + w <= tw) & (sy + h <= th)
+        tile = (y // th) * -(-W // tw) + x // tw
+        spans = np.flatnonzero(whole & ~single)
+        need = set(tile[single].tolist())
+        for k in spans.tolist():
+            need.update(self._tiles_of(level, int(x[k]), int(y[k]), w, h))
+        # a patch that is exactly one tile is that tile's only patch on a grid: not worth caching (at 20x on a
+        # 256 px-tiled slide the cache would otherwise hold 48 MiB no later read uses)
+        alone = set(tile[single & (sx == 0) & (sy == 0) & (w == tw) & (h == th)].tolist())
+        tiles = self._decode(level, sorted(need), keep=need - alone) if need else {}
         # Cut on the calling thread: per-patch tasks on the decode pool doubled this stage on an H200 host
-        # (16 cores; results/gpu_h200_run2 vs run1): each paste is a small copy that holds the GIL.
-        for k, (loc, xy) in enumerate(zip(locations, xys)):
-            out[k] = self.base.read_region(loc, level, (w, h)) if xy is None else self._paste(level, tiles, *xy, w, h)
+        # (16 cores; results/gpu_h200_run2 vs run1): each copy is small and holds the GIL.
+        ks = np.flatnonzero(single)
+        for k, t, a, b in zip(ks.tolist(), tile[ks].tolist(), sx[ks].tolist(), sy[ks].tolist()):
+            out[k] = tiles[t][b:b + h, a:a + w]
+        for k in spans.tolist():
+            self._paste(level, tiles, int(x[k]), int(y[k]), w, h, out=out[k])
+        for k in np.flatnonzero(~whole).tolist():
+            out[k] = self.base.read_region(locations[k], level, (w, h))
         return out
 
     def map(self, fn, items):

@@ -30,6 +30,9 @@ def test_batches_equal_reader_of_record(generated, mag):
         got = read_patches(fast, coords, mag, px)
         want = np.stack([read_patch(plain, tuple(c), mag, px) for c in coords])
         assert len(coords) > 4 and fast.decode_seconds > 0
+        level = stored_level(plain, mag, px)[0]
+        cached = sum(lvl == level for lvl, _ in fast._cache)  # a tile that is exactly one patch is not kept
+        assert cached == 0 if px == fast.pages[level].tilewidth else cached > 0
         assert np.array_equal(got, want)
         # regions off the tile grid, across tile borders and past the slide's edge (white there)
         for loc, level, size in [((100, 36), 0, (300, 290)), ((1400, 900), 0, (300, 300)), ((512, 256), 1, (400, 200))]:
@@ -71,3 +74,37 @@ def test_extract_fast_equals_reader_of_record(generated, tmp_path):
     assert set(a.stages) >= {"open", "tissue_grid", "read_decode", "preprocess", "network", "write"}
     null = extract_slide(generated, null_model(20.0), tmp_path / "null.h5", progress=False)
     assert null.n_patches > 0 and not read_features(tmp_path / "null.h5").features.any()
+
+
+def _decode_threads_alive() -> int:
+    import threading
+
+    return sum(t.name.startswith(("maga-decode", "maga-prepare")) for t in threading.enumerate())
+
+
+def test_extract_slides_prefetches_in_order_reports_bad_slides_and_closes_what_it_opened(generated, cmu, tmp_path):
+    """A batch gives what extract_slide gives slide by slide, in order; a bad slide becomes its own one-line
+    error without stopping the others; a batch left early closes the slide it had opened ahead."""
+    from maga.bench.datapath import null_model
+    from maga_core.data.features import read_features
+    from maga.extract import extract_slides
+
+    bad = tmp_path / "truncated.svs"
+    bad.write_bytes(cmu.read_bytes()[:4096])
+    model = null_model(5.0)
+    before = _decode_threads_alive()
+    jobs = [(generated, tmp_path / "a.h5"), (bad, tmp_path / "bad.h5"), (cmu, tmp_path / "c.h5")]
+    got = list(extract_slides(jobs, model, num_workers=2, progress=False))
+    assert [src for src, _ in got] == [generated, bad, cmu]
+    assert isinstance(got[1][1], Exception) and "truncated.svs" in str(got[1][1]) and not (tmp_path / "bad.h5").exists()
+    for (src, res), name in zip([got[0], got[2]], ["a", "c"]):
+        alone = extract_slide(src, model, tmp_path / f"{name}_alone.h5", num_workers=2, progress=False)
+        assert res.n_patches == alone.n_patches > 0
+        assert np.array_equal(read_features(tmp_path / f"{name}.h5").coords,
+                              read_features(tmp_path / f"{name}_alone.h5").coords)
+    with pytest.raises(Exception, match="truncated.svs"):
+        list(extract_slides(jobs[1:], model, progress=False, raise_errors=True))
+    batch = extract_slides([(generated, tmp_path / "d.h5"), (cmu, tmp_path / "e.h5")], model, progress=False)
+    next(batch)  # the second slide is now open, ahead of its turn ...
+    batch.close()  # ... and closed with the batch
+    assert _decode_threads_alive() == before and not (tmp_path / "e.h5").exists()
