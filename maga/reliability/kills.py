@@ -5,6 +5,7 @@ finished one shows up there as a mismatch."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import shutil
@@ -25,7 +26,16 @@ REPO = Path(__file__).resolve().parents[2]
 Compare = Callable[[Path, bool], "tuple[list[str], float]"]
 
 
+# What each child command runs (its `run` imports it lazily). `maga_argv` imports it here too: a record made
+# from child processes then lists that code in its provenance, since a child's modules are not this process's.
+CHILD_CODE = {"extract": ("maga.extract",), "align": ("maga_core.align.train",),
+              "mil": ("maga_core.mil.cv", "maga.cohorts"), "cohort": ("maga.cohort_pipeline",)}
+
+
 def maga_argv(*args: str) -> list[str]:
+    """argv of a `maga` child process (see CHILD_CODE)."""
+    for name in CHILD_CODE.get(args[0], ()):
+        importlib.import_module(name)
     return [sys.executable, "-m", CLI_MODULE, *args]
 
 

@@ -156,3 +156,20 @@ def test_a_benchmark_record_lists_only_the_registration_modules_its_command_reac
             "maga/bench/clam_loop.py"} <= set(mods)
     assert not {"maga/bench/telepath.py", "maga/bench/reliability.py", "maga/commands/serve.py"} & set(mods)
     assert "maga/provenance.py" in mods  # modules outside the registration layer all count
+
+
+def test_a_record_made_from_child_processes_lists_the_code_they_run(monkeypatch):
+    """`maga bench reliability` runs extract, align, mil and cohort in child processes: its record depends on
+    their code (a change to maga/extract.py must mark it stale), though this process never calls it."""
+    import maga.provenance as prov
+    from maga.cli import build_parser
+    from maga.reliability.kills import CHILD_CODE, maga_argv
+
+    monkeypatch.setattr(prov, "_running", [])
+    prov.use_running(build_parser().parse_args(["bench", "reliability", "--json"]).func)
+    for command in CHILD_CODE:
+        maga_argv(command)
+    mods = set(prov.loaded_modules())
+    assert {"maga/commands/extract.py", "maga/extract.py", "maga/commands/align.py", "maga_core/align/train.py",
+            "maga/commands/mil.py", "maga_core/mil/cv.py", "maga/commands/cohort.py", "maga/cohort_pipeline.py"} <= mods
+    assert not {"maga/bench/telepath.py", "maga/commands/serve.py"} & mods
