@@ -36,8 +36,8 @@ from maga.alignment.ensure import ensure_student
 from maga.cohorts import UpstreamCohort, load_upstream
 from maga.experiments.mil import paper_figure
 from maga.settings import SETTINGS, setting_kwargs
-from maga.extract import (SLIDE_SUFFIXES, SlidePatches, default_workers, embed_into, find_files, load_model,
-                          one_line_cause)
+from maga.extract import SLIDE_SUFFIXES, SlidePatches, default_workers, embed_into, find_files, load_model
+from maga.extract_report import one_line_cause
 
 MODELS = ("gltrans", "transmil", "clam_sb", "clam_mb", "abmil")
 # Upstream cohort -> the task of maga.experiments.mil whose paper figures it stands beside.

@@ -1,19 +1,17 @@
-"""Feature extraction at scale: a slide, a folder of slides (one HDF5 per slide) or a folder of tiles
-(one HDF5), with an encoder at a magnification or a MAGA student at its own input magnification.
+"""Feature extraction: a slide or slides (one HDF5 each) or a folder of tiles (one HDF5), with an encoder
+at a magnification or a MAGA student at its own input magnification (`maga.extract_job` runs the whole
+`maga extract` job around it: plan, resume, shard, report).
 
 Reading overlaps compute: a slide's patches come as uint8 batches from a reader thread that decodes the
-slide's own JPEG tiles on every core (`slide_stream`, `slides.TileReader`; tile folders use DataLoader
-workers) while this thread normalises them on the device and runs the network under inference mode,
-channels-last; features stream into the HDF5, so memory stays at a few batches on a gigapixel slide. A batch is resumable (outputs are renamed into place only when whole,
-and existing ones are skipped), survives bad slides (logged, skipped, listed at the end), and is
-sharded by torch.distributed rank when started with torchrun (each rank writes only its own slides).
+slide's own JPEG tiles (`slide_stream`, `slides.TileReader`; tile folders use DataLoader workers) while
+this thread normalises them on the device and runs the network under inference mode, channels-last;
+features stream into the HDF5 (renamed into place only when whole), so memory stays at a few batches on
+a gigapixel slide.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,24 +28,18 @@ from tqdm.auto import tqdm
 from maga_core.align import load_student
 from maga_core.align.student import InputPipeline
 from maga_core.align.views import view_at_mag
-from maga_core.config import save_config, write_json
-from maga_core.data.features import INPUT_KINDS, feature_writer
-from maga_core.device import Runtime, inference, resolve
+from maga_core.data.features import feature_writer
+from maga_core.device import Runtime, inference
 from maga_core.encoders import build
-from maga_core.errors import MagaError, output_error
+from maga_core.errors import MagaError
 from maga_core.slide_stream import StageTimes, stream_patches
 from maga_core.slides import TissueConfig, aligned_grid, detect_tissue, open_slide, patch_px_for_mag, read_patch
 from maga_core.slides.patch_batch import read_patches
 from maga_core.slides.tile_reader import decode_threads, fast_reader
-from maga.extract_report import BatchReport, one_line_cause, report_dict
-
-log = logging.getLogger(__name__)
 
 # Files a slide folder is searched for (OpenSlide formats and pyramidal TIFF). Plain images are tiles.
 SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".svslide", ".bif", ".tif", ".tiff"}
 TILE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
-H5_SUFFIXES = {".h5", ".hdf5"}
-REPORT = "extract_report.json"
 EXTRACT_TISSUE_MPP = 8.0  # um/px of the tissue-mask thumbnail: a small fixed cost per slide
 
 
@@ -63,27 +55,6 @@ def slide_decode_threads(runtime: Runtime) -> int:
     decode thread keeps well ahead of a CPU network, and more only take cycles from it (`maga bench extract
     --ideas`: `decode_threads_x2` in results/bench_extract.json)."""
     return 1 if runtime.kind == "cpu" else decode_threads()
-
-
-@dataclass
-class ExtractConfig:
-    encoder: str
-    input: str
-    out: str
-    mag: float | None = None  # None: the student's input magnification (an encoder needs one)
-    student: str | None = None  # MAGA student checkpoint; its input pipeline replaces the encoder's
-    upsample_px: int | None = None  # encoder only: patches resized (bilinear) to this side first, e.g. 5x -> 256 px
-    weights: str | None = None  # encoder weights: None default source, a path, or "random"
-    mpp: float | None = None  # slides: level-0 MPP override; tiles: the tiles' MPP (required)
-    input_kind: str = "auto"  # auto | slides | tiles
-    batch_size: int | None = None  # None: auto_batch_size (4 at 256 px on CPU, 256 on CUDA, by pixel count)
-    num_workers: int | None = None  # None: slide_decode_threads for slides, default_workers for tile folders
-    channels_last: bool = True
-    min_tissue: float = 0.5
-    tissue_mpp: float = EXTRACT_TISSUE_MPP  # tissue mask thumbnail scale (slides.TissueConfig.thumb_mpp)
-    progress: bool = True
-    device: str = "auto"  # auto | cpu | cuda[:N] | mps; saved resolved (maga_core.device)
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast); saved resolved
 
 
 @dataclass
@@ -397,96 +368,3 @@ def extract_tiles(folder: str | Path, model: FeatureModel, out_path: str | Path,
                    desc=folder.name, progress=progress)
     seconds = time.perf_counter() - t0
     return SlideResult(str(folder), str(out_path), len(paths), seconds, {"embed_write": seconds})
-
-
-def dist_rank_world() -> tuple[int, int]:
-    """(rank, world size) of torch.distributed, else of torchrun's environment, else (0, 1)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def _input_kind(src: Path, kind: str) -> str:
-    """'slide', 'slides' or 'tiles' for an input path."""
-    if kind not in INPUT_KINDS:
-        raise MagaError(f"--kind must be one of {', '.join(INPUT_KINDS)}, got {kind!r}")
-    if not src.exists():
-        raise MagaError("input not found", src)
-    if src.is_file():
-        if kind == "tiles":
-            raise MagaError("--kind tiles needs a folder of tile images", src)
-        return "slide"
-    if kind != "auto":
-        return kind
-    if find_files(src, SLIDE_SUFFIXES):
-        return "slides"
-    if find_files(src, TILE_SUFFIXES):
-        return "tiles"
-    raise MagaError(f"no slides ({', '.join(sorted(SLIDE_SUFFIXES))}) or tile images found", src)
-
-
-def plan(cfg: ExtractConfig) -> tuple[str, list[tuple[Path, Path]], Path]:
-    """(kind, [(input, output)] for every item of the whole job, output folder)."""
-    src, out = Path(cfg.input), Path(cfg.out)
-    kind = _input_kind(src, cfg.input_kind)
-    single = out.suffix.lower() in H5_SUFFIXES
-    if kind == "slides" and single:
-        raise MagaError("a folder of slides needs an output folder, not a .h5 file", out)
-    if kind == "slides":
-        items = [(p, (out / p.relative_to(src)).with_suffix(".h5")) for p in find_files(src, SLIDE_SUFFIXES)]
-    else:
-        items = [(src, out if single else out / f"{src.stem if kind == 'slide' else src.name}.h5")]
-    return kind, items, out.parent if single else out
-
-
-def _tiles_outcomes(todo: list[tuple[Path, Path]], model: FeatureModel, cfg: ExtractConfig
-                    ) -> Iterator[tuple[Path, SlideResult | Exception]]:
-    """`extract_tiles` per tile folder, as (folder, result or exception) like `extract_slides`."""
-    for src, dst in todo:
-        try:
-            yield src, extract_tiles(src, model, dst, cfg.mpp, cfg.batch_size, cfg.num_workers, cfg.progress)
-        except Exception as exc:  # noqa: BLE001 - reported by extract_batch
-            yield src, exc
-
-
-def extract_batch(cfg: ExtractConfig) -> BatchReport:
-    """The whole `maga extract` job for this rank: resume, shard, skip-and-report failures."""
-    if cfg.batch_size is not None and cfg.batch_size < 1 or (cfg.num_workers or 0) < 0:
-        raise MagaError(f"batch size must be >= 1 and workers >= 0 (got {cfg.batch_size}, {cfg.num_workers})")
-    kind, items, out_dir = plan(cfg)
-    if kind == "tiles" and cfg.mpp is None:
-        raise MagaError("a tile folder needs --mpp (the tiles' microns per pixel, e.g. 0.5 for 20x)", cfg.input)
-    rank, world = dist_rank_world()
-    report = BatchReport(rank, world)
-    mine = items[rank::world]
-    todo = []
-    for src, dst in mine:
-        if dst.is_file():
-            report.skipped.append(str(dst))
-        else:
-            todo.append((src, dst))
-    outcomes: Iterator[tuple[Path, SlideResult | Exception]] = iter(())
-    if todo:
-        rt = resolve(cfg.device, cfg.precision)
-        model = load_model(cfg.encoder, cfg.mag, cfg.student, cfg.weights, cfg.channels_last, rt)
-        if cfg.upsample_px:
-            model = upsampled(model, cfg.upsample_px)
-        save_config(dataclasses.replace(cfg, device=rt.device, precision=rt.precision), out_dir)
-        outcomes = (_tiles_outcomes(todo, model, cfg) if kind == "tiles" else
-                    extract_slides(todo, model, cfg.mpp, cfg.batch_size, cfg.num_workers, cfg.min_tissue,
-                                   cfg.progress, tissue_mpp=cfg.tissue_mpp))
-    for (src, dst), (_, res) in zip(todo, tqdm(outcomes, total=len(todo), desc="slides", unit="slide",
-                                               disable=not cfg.progress or len(todo) < 2)):
-        if isinstance(res, Exception):  # one bad slide must not stop the batch ...
-            if (stop := output_error(res, dst.parent)) is not None:  # ... but a full or read-only output folder does
-                raise stop from None
-            report.failed[str(src)] = one_line_cause(res, src)
-            log.warning("skipped %s", report.failed[str(src)])
-        else:
-            report.done.append(res)
-            log.info("%s: %d patches in %.1f s -> %s", src, res.n_patches, res.seconds, dst)
-    write_json({"kind": kind, **report_dict(report)},
-               out_dir / (REPORT if world == 1 else f"extract_report.rank{rank}.json"))
-    return report

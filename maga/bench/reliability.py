@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from maga.bench.registry import benchmark, machine
-from maga.commands import align, cohort, extract, mil  # noqa: F401 - what its child processes run: reached from
-# here, so the record's provenance lists them (with their code, imported by maga.reliability.kills.maga_argv)
 
 
 def _args(p: argparse.ArgumentParser) -> None:

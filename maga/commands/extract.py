@@ -35,7 +35,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # lazy: imported when run, not when the `maga` parser is built (saves start-up time)
-    from maga.extract import ExtractConfig, extract_batch
+    from maga.extract_job import ExtractConfig, extract_batch
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     cfg = ExtractConfig(encoder=args.encoder, input=args.input, out=args.out, mag=args.mag,

@@ -36,7 +36,7 @@ from maga.runs import run_key
 from maga.settings import SETTINGS, setting_kwargs
 from maga.alignment.ensure import ensure_student
 from maga.experiments.tile_slides import CohortConfig, check_leaks, ensure_cohort, load_cohort
-from maga.extract import ExtractConfig, extract_batch
+from maga.extract_job import ExtractConfig, extract_batch
 
 PLACED = "@coords"  # model-name suffix: the grid placed by tissue coordinates (GLTrans, TransMIL)
 # Upstream CLAM runs its out-of-class instance terms on subtyping tasks (NSCLC) and not on detection

@@ -28,7 +28,7 @@ Compare = Callable[[Path, bool], "tuple[list[str], float]"]
 
 # What each child command runs (its `run` imports it lazily). `maga_argv` imports it here too: a record made
 # from child processes then lists that code in its provenance, since a child's modules are not this process's.
-CHILD_CODE = {"extract": ("maga.extract",), "align": ("maga_core.align.train",),
+CHILD_CODE = {"extract": ("maga.extract_job",), "align": ("maga_core.align.train",),
               "mil": ("maga_core.mil.cv", "maga.cohorts"), "cohort": ("maga.cohort_pipeline",)}
 
 

@@ -15,8 +15,9 @@ import torch
 from maga import cli
 from maga_core.data.features import feature_writer, read_features, write_features
 from maga_core.errors import MagaError
-from maga.extract import (EXTRACT_TISSUE_MPP, ExtractConfig, embed, extract_batch, extract_slide, extract_tiles,
-                          load_model, one_line_cause, plan)
+from maga.extract import EXTRACT_TISSUE_MPP, embed, extract_slide, extract_tiles, load_model
+from maga.extract_job import ExtractConfig, extract_batch, plan
+from maga.extract_report import one_line_cause
 from maga_core.slides import TissueConfig, aligned_grid, detect_tissue, open_slide, read_patch
 
 ENCODER = "efficientnet_lite0"

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from maga_core.config import load_config
 from maga_core.errors import MagaError
-from maga.extract import ExtractConfig
+from maga.extract_job import ExtractConfig
 from maga_core.mil.cv import read_labels, read_splits
 from maga.reliability.fuzz import KINDS, MEMORY_CAP, FuzzStats, Worker, fuzz_case, mutate
 from maga.reliability.kills import child_env, maga_argv

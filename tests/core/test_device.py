@@ -13,7 +13,8 @@ import torch
 
 from maga_core import device
 from maga_core.errors import MagaError
-from maga.extract import ExtractConfig, extract_batch, load_model
+from maga.extract import load_model
+from maga.extract_job import ExtractConfig, extract_batch
 from maga_core.slides import aligned_grid, detect_tissue, open_slide, read_patch
 
 # Relative L2 error of bf16-autocast features against fp32 ones on real patches (bf16 keeps 8 bits of

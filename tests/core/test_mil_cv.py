@@ -213,7 +213,7 @@ def test_bad_labels_file_is_one_clear_error(tmp_path, capsys):
 def real_features(tmp_path_factory, data_file):
     """A tiny real-tile cohort (6 slides, 3 folds) and its efficientnet_lite0 features at 5x."""
     data_file("lc25000_lung_224_dedup", "lung_n/lungn1.jpeg")
-    from maga.extract import ExtractConfig, extract_batch
+    from maga.extract_job import ExtractConfig, extract_batch
     from maga.experiments.tile_slides import CohortConfig, build_cohort
 
     root = tmp_path_factory.mktemp("mil_real")
