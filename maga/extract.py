@@ -51,9 +51,9 @@ def default_workers() -> int:
 
 def slide_decode_threads(runtime: Runtime) -> int:
     """Threads that decode a slide's tiles: every core when the network runs on an accelerator (the data
-    path is then the bottleneck), one when it runs on the CPU: torch's threads already use every core, one
-    decode thread keeps well ahead of a CPU network, and more only take cycles from it (`maga bench extract
-    --ideas`: `decode_threads_x2` in results/bench_extract.json)."""
+    path is then the bottleneck), one when it runs on the CPU, where torch's threads already use every core
+    and one decode thread keeps well ahead of the network (`maga bench extract --ideas` times twice as many:
+    `decode_threads_x2` in results/bench_extract.json)."""
     return 1 if runtime.kind == "cpu" else decode_threads()
 
 
