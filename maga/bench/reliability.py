@@ -103,7 +103,7 @@ def _fuzz(work: Path, n: int, seed: int) -> dict[str, Any]:
 
 def _disk(work: Path) -> dict[str, Any]:
     # lazy: saves start-up time (bench plugins load whenever the parser is built)
-    from maga.reliability.kills import child_env, maga_argv
+    from maga.reliability.kills import child_env
     from maga.reliability.limits import preexec
     from maga.reliability.scenarios import scenarios
 
