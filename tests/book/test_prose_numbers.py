@@ -1,5 +1,5 @@
-"""No outcome typed in prose: the README files, ARCHITECTURE.md and the notebooks' markdown cells carry no
-percentages, AUC-like decimals, ratios or timings (a measured or a paper's figure is formatted from its
+"""No outcome typed in prose: the README files, ARCHITECTURE.md, the book's intro and the notebooks' markdown
+cells carry no percentages, AUC-like decimals, ratios, timings or throughputs (a measured or a paper's figure is formatted from its
 record by `maga.book.prose` or inside a README block rendered from its record by `maga.book.readme_blocks`,
 or the text points at the record). Code cells are not prose and are not read.
 ALLOWED lists the numbers that are not outcomes, each with why."""
@@ -13,7 +13,7 @@ from pathlib import Path
 from maga.book.readme_blocks import strip_blocks
 
 ROOT = Path(__file__).resolve().parents[2]
-PROSE = [ROOT / "README.md", ROOT / "ARCHITECTURE.md", ROOT / "results" / "README.md"]
+PROSE = [ROOT / "README.md", ROOT / "ARCHITECTURE.md", ROOT / "results" / "README.md", ROOT / "book" / "intro.md"]
 
 OUTCOME = re.compile(
     r"(?<![\w.])(?:"
@@ -21,6 +21,8 @@ OUTCOME = re.compile(
     r"|0\.\d{2,}(?![\d.])"                       # AUC-like decimals: 0.955 (not versions: 0.28.0)
     r"|\d+(?:\.\d+)?x(?![\w+])"                  # ratios: 10.7x, 16x
     r"|\d+(?:\.\d+)?\s?(?:min|minutes|h|hours|s|seconds)\b"  # timings: 29.9 min, 59 s
+    r"|\d[\d,]*(?:\.\d+)?\s?(?:tiles|patches|slides)/s\b"  # throughputs: 2,106 tiles/s
+    r"|ratio (?:of )?\d+(?:\.\d+)?"                # ratios written out: ratio 6.6
     r")")
 
 # (pattern the number must sit in, why it is not an outcome)
@@ -60,6 +62,8 @@ def test_scanner_catches_each_kind_and_spares_the_allowed():
     assert typed_outcomes("LC25000 82% of the gap, AUC 0.955, 10.7x less, 29.9 min, 59 s to send") == \
         ["82%", "0.955", "10.7x", "29.9 min", "59 s"]
     assert typed_outcomes("TCGA -49% (CI -632% to 164%)") == ["-49%", "-632%", "164%"]
+    assert typed_outcomes("20x 2,106 tiles/s, 5x 846 patches/s (ratio 3.2)") == ["2,106 tiles/s", "846 patches/s",
+                                                                               "ratio 3.2"]
     assert typed_outcomes("at 20x and 5x+MAGA with 95% CIs; torch 2.13.0, torchvision 0.28.0; 16x fewer pixels") == []
     assert typed_outcomes("a 20x region (0.499 um/px)") == []
 
