@@ -1,7 +1,7 @@
 """No outcome typed in prose: the README files, ARCHITECTURE.md, the book's intro and the notebooks' markdown
-cells carry no percentages, AUC-like decimals, ratios, timings or throughputs (a measured or a paper's figure is formatted from its
-record by `maga.book.prose` or inside a README block rendered from its record by `maga.book.readme_blocks`,
-or the text points at the record). Code cells are not prose and are not read.
+cells carry no percentages, AUC-like decimals, ratios, timings or throughputs (a measured or a paper's figure
+is formatted from its record by `maga.book.prose` or inside a README block rendered from its record by
+`maga.book.readme_blocks`, or the text points at the record). Code cells are not prose and are not read.
 ALLOWED lists the numbers that are not outcomes, each with why."""
 
 from __future__ import annotations
