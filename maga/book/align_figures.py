@@ -8,9 +8,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from maga.alignment.baselines import from_probe
+from maga.alignment.baselines import clear_gap, from_probe
 from maga.book import viz
-from maga.book.baselines_text import sentence
+from maga.book.baselines_text import fraction, sentence
 
 MODE_COLORS = {"native": viz.SETTING_COLORS["5x+MAGA"], "upsample": "#CC79A7"}
 KIND_COLORS = {"teacher_20x": viz.SETTING_COLORS["20x"], "teacher_5x": viz.SETTING_COLORS["5x"],
@@ -110,11 +110,12 @@ def recovery_table(results: dict) -> pd.DataFrame:
     for task, t in results["tasks"].items():
         for student, per_baseline in t["recovered"].items():
             for baseline, r in per_baseline.items():
+                high, low = t["probe"]["teacher_20x"], t["probe"][baseline]["auc"]
                 rows.append({"task": task, "student": _label(student), "baseline": _label(baseline),
-                             "20x AUC": t["probe"]["teacher_20x"]["auc"], "baseline AUC": t["probe"][baseline]["auc"],
-                             "student AUC": t["probe"][student]["auc"],
-                             "gap recovered": "no gap" if r["value"] != r["value"] else
-                             f"{r['value']:.0%} [{r['ci_low']:.0%}, {r['ci_high']:.0%}]"})
+                             "20x AUC": high["auc"], "baseline AUC": low, "student AUC": t["probe"][student]["auc"],
+                             "gap recovered": f"{r['value']:.0%} [{r['ci_low']:.0%}, {r['ci_high']:.0%}]"
+                             if clear_gap(high["auc"], low, high["ci_low"]) else
+                             f"no clear gap ({t['probe'][student]['auc'] - low:+.3f} AUC)"})
     return pd.DataFrame(rows).round(3)
 
 
@@ -161,8 +162,7 @@ def ablation_table(path) -> pd.DataFrame:
                          "teacher 20x": kinds["teacher_20x"][0], "teacher 5x": kinds["teacher_5x"][0],
                          "MAGA native": kinds["maga_5x_native"][0],
                          "teacher 5x upsampled": kinds["teacher_5x_upsampled"][0],
-                         **{f"gap recovered vs {b} teacher": "no gap" if a.recovered(b) is None
-                            else f"{a.recovered(b):.0%}" for b in ("plain", "upsampled")},
+                         **{f"gap recovered vs {b} teacher": fraction(a, b) for b in ("plain", "upsampled")},
                          "cosine to 20x (teacher 5x -> MAGA)":
                              f"{_point(t['cosine_to_20x']['teacher_5x']):.3f} -> "
                              f"{_point(t['cosine_to_20x']['maga_5x_native']):.3f}",

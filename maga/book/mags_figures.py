@@ -64,7 +64,8 @@ def curve_table(record: dict | None) -> pd.DataFrame:
             row["20x - plain"] = round(a.high - a.plain, 3)
             for b in ("plain", "upsampled"):
                 r = t["recovered_fraction"][f"maga_{m}_native"][f"teacher_{m}" + ("" if b == "plain" else "_upsampled")]
-                row[f"native: gap recovered vs {b}"] = ("no gap" if r[0] is None
+                row[f"native: gap recovered vs {b}"] = (f"no clear gap ({a.difference(b):+.3f} AUC)"
+                                                        if a.recovered(b) is None
                                                         else f"{r[0]:.0%} [{r[1]:.0%}, {r[2]:.0%}]")
             out.append(row)
     return pd.DataFrame(out).sort_values(["task", "magnification"], key=lambda c: c if c.name == "task" else

@@ -83,6 +83,7 @@ def maga_gain_text(tables: dict[str, pd.DataFrame]) -> str:
     patient-clustered DeLong p of each difference (chapter 04's evidence tables), the recovered gap against
     both baselines and which one 5x+MAGA does not beat."""
     auc = tables["auc"].set_index(["model", "setting"])["auc_mean"]
+    ci_low = tables["auc"].set_index(["model", "setting"])["auc_ci_low"]
     delong = tables["delong"]
     p_of = delong.set_index(["model", "a", "b"])["p_value"] if len(delong) else pd.Series(dtype=float)
     lines = []
@@ -96,7 +97,8 @@ def maga_gain_text(tables: dict[str, pd.DataFrame]) -> str:
                 parts.append(f"{auc[m, '5x+MAGA'] - auc[m, b]:+.3f} against {b}"
                              + (f" (p = {p:.2g})" if p is not None else ""))
         rest = ", ".join(parts) if parts else "run at 5x+MAGA only (see the placement comparison)"
-        both = from_settings({k: auc[m, k] for k in ("20x", "5x", "5x upsampled", "5x+MAGA") if (m, k) in auc.index}, m)
+        both = from_settings({k: auc[m, k] for k in ("20x", "5x", "5x upsampled", "5x+MAGA") if (m, k) in auc.index}, m,
+                             ci_low.get((m, "20x")))
         verdict = (f" Gap to 20x recovered: {fraction(both, 'plain')} against plain 5x, "
                    f"{fraction(both, 'upsampled')} against 5x upsampled; {baselines_text.verdict(both)}"
                    if both is not None else "")

@@ -350,6 +350,10 @@ def test_maga_against_both_baselines_says_which_it_does_not_beat():
     a = Against("t", high=0.95, plain=0.85, upsampled=0.93, student=0.90)
     assert abs(a.recovered("plain") - 0.5) < 1e-9 and abs(a.recovered("upsampled") + 1.5) < 1e-9
     assert a.not_beaten() == ["upsampled"] and "not above the upsampled" in verdict(a)
-    assert "none (no gap)" in sentence(Against("t", 0.95, 0.85, 0.945, 0.96))  # baseline within MIN_GAP of 20x
+    assert "no clear gap (AUC difference +0.015)" in sentence(Against("t", 0.95, 0.85, 0.945, 0.96))  # < MIN_GAP
+    # chapter 4's GLTrans: upsampled 0.975 inside the 20x CI [0.9625, 1]; no "-1000%", the difference instead
+    gl = Against("gltrans", high=0.9875, plain=0.6625, upsampled=0.975, student=0.85, high_ci_low=0.9625)
+    assert gl.recovered("upsampled") is None and "no clear gap (AUC difference -0.125)" in sentence(gl)
+    assert abs(gl.recovered("plain") - (0.85 - 0.6625) / (0.9875 - 0.6625)) < 1e-9
     assert "neither" in verdict(Against("t", 0.95, 0.91, 0.93, 0.90))
     assert from_settings({"20x": 0.9, "5x": 0.8}, "m") is None
