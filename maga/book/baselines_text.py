@@ -8,6 +8,8 @@ from pathlib import Path
 
 from maga.alignment.baselines import Against, from_bench
 
+STUDENTS = ("native", "upsample")
+
 
 def fraction(a: Against, baseline: str) -> str:
     """The recovered fraction against one baseline, as a percentage; without a clear gap to 20x, the AUC
@@ -37,13 +39,13 @@ def sentence(a: Against, student: str = "MAGA") -> str:
             f"teacher, {fraction(a, 'upsampled')} against the upsampled teacher; {verdict(a)}")
 
 
-def bench_text(path: str | Path, mode: str = "native") -> str:
-    """Bullets for every magnification and task of a recorded `maga bench maga` JSON."""
+def bench_text(path: str | Path) -> str:
+    """Bullets for every student, magnification and task of a recorded `maga bench maga` JSON."""
     path = Path(path)
     if not path.is_file():
         return f"*{path.name} is not recorded in this checkout.*"
     record = json.loads(path.read_text())
-    return "\n".join(f"- {sentence(a, f'MAGA {mode}')}" for a in from_bench(record, mode))
+    return "\n".join(f"- {sentence(a, f'MAGA {mode}')}" for mode in STUDENTS for a in from_bench(record, mode))
 
 
 
@@ -56,8 +58,6 @@ def readme_block(results: str | Path) -> str:
     parts = []
     for name, what in RECORDS.items():
         path = Path(results) / name
-        if not path.is_file():
-            continue
-        modes = [m for m in ("native", "upsample") if from_bench(json.loads(path.read_text()), m)]
-        parts.append(f"`results/{name}` ({what}):\n" + "\n".join(bench_text(path, m) for m in modes))
+        if path.is_file():
+            parts.append(f"`results/{name}` ({what}):\n" + bench_text(path))
     return "\n\n".join(parts)

@@ -13,6 +13,7 @@ from plotly.subplots import make_subplots
 
 from maga.alignment.baselines import from_probe
 from maga.book import viz
+from maga.book.baselines_text import STUDENTS
 
 # Kinds at magnification m, by the role they play in the curve.
 ROLES = {"teacher_20x": "teacher 20x", "teacher_{m}": "teacher (plain)",
@@ -47,8 +48,8 @@ def _rows(record: dict) -> list[dict]:
 
 
 def curve_table(record: dict | None) -> pd.DataFrame:
-    """Per task and magnification: AUC [95% CI] of each kind, the teacher's loss against 20x, and the
-    native student's recovered gap against both baselines."""
+    """Per task and magnification: AUC [95% CI] of each kind, the teacher's loss against 20x, and each
+    student's recovered gap against both baselines."""
     if record is None:
         return pd.DataFrame({"note": ["maga_mags.json is not recorded in this checkout"]})
     out = []
@@ -60,13 +61,16 @@ def curve_table(record: dict | None) -> pd.DataFrame:
                 v = t["auc"].get(pattern.format(m=m))
                 if v is not None:
                     row[f"AUC {role}"] = f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
-            a = from_probe(t, float(mag))
-            row["20x - plain"] = round(a.high - a.plain, 3)
-            for b in ("plain", "upsampled"):
-                r = t["recovered_fraction"][f"maga_{m}_native"][f"teacher_{m}" + ("" if b == "plain" else "_upsampled")]
-                row[f"native: gap recovered vs {b}"] = (f"no clear gap ({a.difference(b):+.3f} AUC)"
-                                                        if a.recovered(b) is None
-                                                        else f"{r[0]:.0%} [{r[1]:.0%}, {r[2]:.0%}]")
+            for mode in STUDENTS:
+                if f"maga_{m}_{mode}" not in t["auc"]:
+                    continue
+                a = from_probe(t, float(mag), mode)
+                row["20x - plain"] = round(a.high - a.plain, 3)
+                for b in ("plain", "upsampled"):
+                    r = t["recovered_fraction"][f"maga_{m}_{mode}"][f"teacher_{m}" + ("" if b == "plain" else "_upsampled")]
+                    row[f"{mode}: gap recovered vs {b}"] = (f"no clear gap ({a.difference(b):+.3f} AUC)"
+                                                            if a.recovered(b) is None
+                                                            else f"{r[0]:.0%} [{r[1]:.0%}, {r[2]:.0%}]")
             out.append(row)
     return pd.DataFrame(out).sort_values(["task", "magnification"], key=lambda c: c if c.name == "task" else
                                          c.str.rstrip("x").astype(float), ascending=[True, False])

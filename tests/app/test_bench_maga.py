@@ -28,9 +28,11 @@ def test_bench_maga_mags_trains_both_students_per_magnification(tmp_path, capsys
         lo, hi = task["cosine_to_20x"][f"maga_{mag}x_native"][1:]
         assert -1 <= lo <= hi <= 1
     assert len(list((tmp_path / "maga_students").glob("*.pt"))) == 4  # one student per magnification and mode
-    assert len(mags_figures.curve_table(record)) == 4  # (task, magnification) rows
+    table = mags_figures.curve_table(record)
+    assert len(table) == 4 and "upsample: gap recovered vs upsampled" in table  # (task, magnification) rows
     assert len(mags_figures.curve_figure(record).data) == 2 * 2 * 5  # tasks x (AUC, cosine) x kinds
     path = tmp_path / "maga_mags.json"
     path.write_text(json.dumps(record))
-    lines = baselines_text.bench_text(path, "upsample").splitlines()
-    assert len(lines) == 4 and all("upsampled teacher" in line and "plain teacher" in line for line in lines)
+    lines = baselines_text.bench_text(path).splitlines()  # both students, both magnifications, both tasks
+    assert len(lines) == 8 and all("upsampled teacher" in line and "plain teacher" in line for line in lines)
+    assert sum("MAGA upsample" in line for line in lines) == 4
