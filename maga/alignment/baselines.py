@@ -5,8 +5,9 @@ at its size (the same compute as the native student), and the teacher on that vi
 size (the same pixels, at the 20x compute: upstream's no-MAGA setting). The recovered fraction of the gap
 to 20x is (student - baseline) / (20x - baseline), stated only where that gap is clear (the baseline below the
 20x AUC's CI): a tiny gap turns a small AUC difference into an absurd fraction ("-1000%"), so there the
-difference itself is stated. MAGA beats a baseline only where the student's AUC is above it. One helper serves the tile probes (`maga bench maga`, chapter 3) and the slide-level evidence run
-(chapter 4), so every sentence that compares MAGA names both baselines."""
+difference itself is stated. MAGA beats a baseline only where the student's AUC is above it. One helper
+serves the tile probes (`maga bench maga`, chapter 3) and the slide-level evidence run (chapter 4), so
+every sentence that compares MAGA names both baselines."""
 
 from __future__ import annotations
 
