@@ -66,8 +66,8 @@ def curve_table(record: dict | None) -> pd.DataFrame:
                     continue
                 a = from_probe(t, float(mag), mode)
                 row["20x - plain"] = round(a.high - a.plain, 3)
-                for b in ("plain", "upsampled"):
-                    r = t["recovered_fraction"][f"maga_{m}_{mode}"][f"teacher_{m}" + ("" if b == "plain" else "_upsampled")]
+                for b, kind in (("plain", f"teacher_{m}"), ("upsampled", f"teacher_{m}_upsampled")):
+                    r = t["recovered_fraction"][f"maga_{m}_{mode}"][kind]
                     row[f"{mode}: gap recovered vs {b}"] = (f"no clear gap ({a.difference(b):+.3f} AUC)"
                                                             if a.recovered(b) is None
                                                             else f"{r[0]:.0%} [{r[1]:.0%}, {r[2]:.0%}]")
