@@ -58,7 +58,7 @@ MAKERS: tuple[Maker, ...] = (
     Maker("maga_bench", ("maga_bench.json",),
           # the workdir of maga_mags: its 5x students are these (trained once, whichever record is made first)
           (MAGA + ("bench", "maga", "--json", "--workdir", "{work}/maga_mags", "--modes", "native,upsample",
-                   "--out", "{results}/maga_bench.json"),), minutes=40),
+                   "--out", "{results}/maga_bench.json"),), minutes=25),
     Maker("maga_selection", ("maga_selection.json",),
           (MAGA + ("bench", "maga-select", "--json", "--workdir", "{work}/maga_select",
                    "--out", "{results}/maga_selection.json"),), minutes=90),
@@ -75,9 +75,9 @@ MAKERS: tuple[Maker, ...] = (
     Maker("reproduction_summary_demo", ("reproduction_summary_demo.csv",),
           (MAGA + ("results", "summary", "--preset", "demo", "{results}/reproduction_summary_demo.csv"),),
           minutes=1),
-    Maker("maga_mags", ("maga_mags.json",),  # both students at four magnifications: ~28 min per upsample one here
+    Maker("maga_mags", ("maga_mags.json",),  # both students at four magnifications: ~15 min per upsample one here
           (MAGA + ("bench", "maga", "--json", "--workdir", "{work}/maga_mags", "--mags", "10,5,2.5,1.25",
-                   "--modes", "native,upsample", "--out", "{results}/maga_mags.json"),), minutes=140),
+                   "--modes", "native,upsample", "--out", "{results}/maga_mags.json"),), minutes=85),
     Maker("g2l", ("g2l.json",),
           (MAGA + ("bench", "g2l", "--preset", "demo", "--epochs", "3", "--json", "--workdir", "{work}/g2l",
                    "--out", "{results}/g2l.json"),), minutes=30),
