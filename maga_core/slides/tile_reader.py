@@ -34,6 +34,13 @@ def decode_threads() -> int:
     return max(1, int(os.environ.get("MAGA_DECODE_THREADS", 0)) or os.cpu_count() or 1)
 
 
+def _layout(page) -> tuple[int, int, int, int, int]:
+    """(level width, height, tile width, tile height, tiles per row) of a tiled page: tile i is at column
+    i % per_row, row i // per_row."""
+    W, tw = page.imagewidth, page.tilewidth
+    return W, page.imagelength, tw, page.tilelength, -(-W // tw)
+
+
 def _jpeg_pages(path: Path, level_dimensions: Sequence[tuple[int, int]]) -> dict[int, object]:
     """{reader level: tifffile page} for levels stored as tiled 8-bit RGB JPEG pages of the same size."""
     import tifffile
@@ -113,29 +120,25 @@ class TileReader(SlideReader):
         return {**have, **done}
 
     def _tile_error(self, level: int, index: int, exc: Exception) -> MagaError:
-        page, ds = self.pages[level], self.level_downsamples[level]
-        per_row = -(-page.imagewidth // page.tilewidth)
-        x, y = (index % per_row) * page.tilewidth, (index // per_row) * page.tilelength
+        ds = self.level_downsamples[level]
+        _, _, tw, th, per_row = _layout(self.pages[level])
+        x, y = (index % per_row) * tw, (index // per_row) * th
         return MagaError(f"cannot read pixels at ({round(x * ds)}, {round(y * ds)}) level {level}, "
-                         f"{page.tilewidth}x{page.tilelength} px ({type(exc).__name__}: {exc}); "
+                         f"{tw}x{th} px ({type(exc).__name__}: {exc}); "
                          "the file may be truncated or corrupt", self.path)
 
     def _tiles_of(self, level: int, x0: int, y0: int, w: int, h: int) -> list[int]:
-        page = self.pages[level]
-        W, H, tw, th = page.imagewidth, page.imagelength, page.tilewidth, page.tilelength
+        W, H, tw, th, per_row = _layout(self.pages[level])
         ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + w, W), min(y0 + h, H)
         if ix0 >= ix1 or iy0 >= iy1:
             return []
-        per_row = -(-W // tw)
         return [r * per_row + c for r in range(iy0 // th, (iy1 - 1) // th + 1)
                 for c in range(ix0 // tw, (ix1 - 1) // tw + 1)]
 
     def _paste(self, level: int, tiles: dict[int, np.ndarray], x0: int, y0: int, w: int, h: int,
                out: np.ndarray | None = None) -> np.ndarray:
         """The region from its decoded tiles, written into `out` when given (no intermediate copy)."""
-        page = self.pages[level]
-        W, H, tw, th = page.imagewidth, page.imagelength, page.tilewidth, page.tilelength
-        per_row = -(-W // tw)
+        W, H, tw, th, per_row = _layout(self.pages[level])
         out = np.empty((h, w, 3), np.uint8) if out is None else out
         if x0 < 0 or y0 < 0 or x0 + w > W or y0 + h > H:  # beyond the level: white, as OpenSlide shows it
             out.fill(255)
@@ -167,14 +170,14 @@ class TileReader(SlideReader):
             for k, loc in enumerate(locations):
                 out[k] = self.base.read_region(loc, level, (w, h))
             return out
-        tw, th, W, H = page.tilewidth, page.tilelength, page.imagewidth, page.imagelength
+        W, H, tw, th, per_row = _layout(page)
         lxy = np.asarray(locations, np.float64).reshape(-1, 2) / self.level_downsamples[level]
         whole = (lxy == np.floor(lxy)).all(axis=1)  # a whole pixel of the level (else OpenSlide resamples)
         x, y = lxy[:, 0].astype(np.int64), lxy[:, 1].astype(np.int64)
         sx, sy = x % tw, y % th
         # inside one tile and the level (every patch when tiles are multiples of the patch grid): one slice
         single = whole & (x >= 0) & (y >= 0) & (x + w <= W) & (y + h <= H) & (sx + w <= tw) & (sy + h <= th)
-        tile = (y // th) * -(-W // tw) + x // tw
+        tile = (y // th) * per_row + x // tw
         spans = np.flatnonzero(whole & ~single)
         need = set(tile[single].tolist())
         for k in spans.tolist():
