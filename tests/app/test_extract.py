@@ -214,6 +214,25 @@ def test_sharding_by_rank_over_two_gloo_processes(tmp_path, cmu):
         assert json.loads((out / f"extract_report.rank{r}.json").read_text())["world_size"] == 2
 
 
+def test_bench_datapath_json_holds_wall_and_cpu_time(tmp_path, capsys):
+    """`maga bench datapath --json` prints only JSON; each magnification's steady slides carry wall and CPU
+    time, and the CPU time of two slides cannot exceed what the machine's cores can give in that wall time."""
+    import os
+
+    rc = cli.main(["bench", "datapath", "--json", "--size", "1024", "--slides", "2", "--out", str(tmp_path / "d.json")])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result == json.loads((tmp_path / "d.json").read_text())
+    for mag in ("20x", "5x"):
+        steady = result["results"]["ours"][mag]["steady"]
+        assert steady["seconds_per_slide"] > 0 and steady["cpu_seconds_per_slide"] > 0
+        assert 0 < steady["cores_busy"] <= 1.25 * (os.cpu_count() or 1)
+    hi, lo = (result["results"]["ours"][m]["steady"] for m in ("20x", "5x"))
+    assert result["cpu_ratio_20x_over_5x"] == pytest.approx(
+        hi["cpu_seconds_per_slide"] / lo["cpu_seconds_per_slide"], rel=0.05)  # both rounded
+    assert result["meets_ratio_target"] == (result["ratio_20x_over_5x"] >= result["targets"]["ratio_20x_over_5x"])
+
+
 def test_bench_extract_reports_every_field(tmp_path, capsys):
     """Schema only (timings are not asserted): a tiny generated slide, one encoder, short timings."""
     from maga.bench.registry import discover
